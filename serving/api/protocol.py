@@ -1,0 +1,153 @@
+"""OpenAI protocol types the gateway accepts and returns.
+
+Requests are strict: unknown fields are refused (as OpenAI does: "Unrecognized
+request argument supplied"), wrong types are refused rather than coerced.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+TokenId = Annotated[int, Field(ge=0)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StreamOptions(_Request):
+    include_usage: bool = Field(default=False, description="Send a final chunk with usage.")
+
+
+def _check_stop(value: str | list[str] | None) -> str | list[str] | None:
+    if isinstance(value, list):
+        if len(value) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        if any(not item for item in value):
+            raise ValueError("stop sequences must not be empty")
+    return value
+
+
+class _SamplingFields(_Request):
+    """Sampling parameters shared by completions and chat."""
+
+    model: str = Field(min_length=1, description="A model id from /v1/models.")
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=128)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    user: str | None = Field(default=None, max_length=256)
+    # vLLM sampling extensions that IDE assistants commonly send.
+    top_k: int | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    min_tokens: int | None = Field(default=None, ge=0)
+
+    _stop = field_validator("stop")(_check_stop)
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> _SamplingFields:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+    def wants_usage_chunk(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(_SamplingFields):
+    """POST /v1/completions."""
+
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]] = Field(
+        description="Text, texts, token ids, or lists of token ids."
+    )
+    suffix: str | None = Field(default=None, description="Text after the insertion point.")
+    max_tokens: int | None = Field(default=16, ge=1)
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool = False
+    best_of: int | None = Field(default=None, ge=1, le=128)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value:
+                raise ValueError("prompt must not be empty")
+        elif not value:
+            raise ValueError("prompt must not be empty")
+        elif any(isinstance(item, str | list) and len(item) == 0 for item in value):
+            raise ValueError("prompt must not contain empty items")
+        return value
+
+    @model_validator(mode="after")
+    def _best_of_covers_n(self) -> CompletionRequest:
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError("best_of must be greater than or equal to n")
+        return self
+
+    def prompt_count(self) -> int:
+        if isinstance(self.prompt, str):
+            return 1
+        if self.prompt and isinstance(self.prompt[0], int):
+            return 1
+        return len(self.prompt)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class ChatCompletionRequest(_SamplingFields):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None
+
+    def output_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error envelope."""
+
+    error: ErrorBody
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "seed-serve"
+    max_model_len: int | None = Field(default=None, description="Context length in tokens.")
+    replicas_ready: int = Field(description="Replicas serving this model now.")
+    replicas_total: int = Field(description="Replicas configured for this model.")
+    chat: bool = Field(description="Whether /v1/chat/completions works (model has a chat template).")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

@@ -1,0 +1,126 @@
+"""The ``seed-serve`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from serving import __version__
+from serving.config import ServingConfig, dump_config, load_config
+from serving.errors import ConfigError, StartupError
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, *, gateway_only: bool = False) -> None:
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("SEED_SERVE_CONFIG"),
+        help="YAML config file (default: $SEED_SERVE_CONFIG, else the embedded CPU demo).",
+    )
+    parser.add_argument("--host", help="gateway.host")
+    parser.add_argument("--port", type=int, help="gateway.port")
+    parser.add_argument("--ray-address", help="ray.address: join this Ray cluster")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    if not gateway_only:
+        parser.add_argument("--replicas", type=int, help="replica_groups[0].replicas")
+        parser.add_argument("--model", help="replica_groups[0].engine.model")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="Any config field, e.g. --set gateway.max_n=4 (repeatable).",
+    )
+
+
+def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    pairs: list[tuple[str, Any]] = []
+    for item in args.set:
+        path, sep, value = item.partition("=")
+        if not sep or not path:
+            raise ConfigError("--set", f"expected PATH=VALUE, got {item!r}")
+        pairs.append((path.strip(), value))
+    flag_paths = {
+        "host": "gateway.host",
+        "port": "gateway.port",
+        "ray_address": "ray.address",
+        "log_level": "gateway.log_level",
+        "replicas": "replica_groups.0.replicas",
+        "model": "replica_groups.0.engine.model",
+    }
+    for attr, path in flag_paths.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            pairs.append((path, value))
+    return pairs
+
+
+def config_from_args(args: argparse.Namespace) -> ServingConfig:
+    return load_config(args.config, env=os.environ, overrides=_overrides(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="seed-serve",
+        description="Self-hosted code-assistant endpoint: vLLM replicas on Ray behind an "
+        "OpenAI-compatible gateway.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="Local Ray + engine replicas + gateway, all in one.")
+    _add_config_flags(up)
+
+    gateway = commands.add_parser("gateway", help="Only the gateway, joining an existing Ray cluster.")
+    _add_config_flags(gateway, gateway_only=True)
+
+    config = commands.add_parser("config", help="Print the effective configuration as YAML.")
+    _add_config_flags(config)
+
+    demo = commands.add_parser("demo-model", help="Build the offline demo model (SmolLM2-135M).")
+    demo.add_argument("--target", type=Path, help="Where to build it (default: the cache).")
+    demo.add_argument("--force", action="store_true", help="Rebuild even if it exists.")
+
+    commands.add_parser("version", help="Print the version.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"seed-serve: config error: {exc}", file=sys.stderr)
+        return 2
+    except StartupError as exc:
+        print(f"seed-serve: cannot start: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "version":
+        print(f"seed-serve {__version__}")
+        return 0
+    if args.command == "demo-model":
+        from serving.demo_model import build_demo_model
+
+        build_demo_model(args.target, force=args.force)
+        return 0
+    config = config_from_args(args)
+    if args.command == "config":
+        print(dump_config(config), end="")
+        return 0
+    from serving.runtime import configure_logging, run_gateway, run_up
+
+    configure_logging(config.gateway.log_level)
+    if args.command == "up":
+        return run_up(config)
+    return run_gateway(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

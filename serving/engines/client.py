@@ -1,0 +1,43 @@
+"""HTTP to the engines: one pooled, kept-alive aiohttp session per gateway."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from serving.config import GatewayConfig
+from serving.engines.types import ReplicaInfo
+
+
+class EngineClient:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(
+                    total=self.config.request_timeout_s,
+                    sock_connect=self.config.connect_timeout_s,
+                ),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def post(self, replica: ReplicaInfo, path: str, body: bytes) -> aiohttp.ClientResponse:
+        """Send ``body`` (JSON) to the replica; the caller reads and releases the response."""
+        return await self.session().post(
+            replica.url + path,
+            data=body,
+            headers={
+                "Authorization": f"Bearer {replica.token}",
+                "Content-Type": "application/json",
+            },
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

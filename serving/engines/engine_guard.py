@@ -1,0 +1,58 @@
+"""ASGI middleware loaded *into each vLLM engine process* (``--middleware``).
+
+vLLM's own ``--api-key`` guards only ``/v1``-style paths: ``/invocations``,
+``/tokenize`` and friends stay open. This guard requires the per-replica
+secret (known only to the replica actor and the gateways, handed over through
+Ray) on every path, so an engine is useless to anybody but the gateway even
+if its port is reachable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from typing import Any
+
+TOKEN_ENV = "SEED_SERVE_ENGINE_TOKEN"
+
+Scope = dict[str, Any]
+
+
+class EngineGuard:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        token = os.environ.get(TOKEN_ENV, "")
+        if not token:
+            # Fail closed: an engine without a secret must not serve at all.
+            raise RuntimeError(f"{TOKEN_ENV} is not set; refusing to start an unguarded engine")
+        self._digest = hashlib.sha256(token.encode()).digest()
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, credential = value.partition(b" ")
+                if scheme.lower() != b"bearer":
+                    return False
+                return hmac.compare_digest(hashlib.sha256(credential).digest(), self._digest)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and not self._authorized(scope):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            body = b'{"error":{"message":"engine access is restricted to the gateway","type":"authentication_error","param":null,"code":null}}'
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)

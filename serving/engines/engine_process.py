@@ -1,0 +1,161 @@
+"""Starting and stopping one vLLM engine process (the OpenAI server of vLLM).
+
+Pure helpers (command line, environment) are kept apart from the process
+handling so they can be checked without starting anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from serving.config import EngineConfig
+from serving.engines.engine_guard import TOKEN_ENV
+
+GUARD_MIDDLEWARE = "serving.engines.engine_guard.EngineGuard"
+_PR_SET_PDEATHSIG = 1
+
+
+def engine_command(engine: EngineConfig, *, host: str, port: int) -> list[str]:
+    """The argv that starts vLLM's OpenAI server for ``engine``."""
+    args = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(engine.local_model_path() or engine.model),
+        "--served-model-name",
+        engine.served_model_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--dtype",
+        engine.dtype,
+        "--tensor-parallel-size",
+        str(engine.tensor_parallel_size),
+        "--pipeline-parallel-size",
+        str(engine.pipeline_parallel_size),
+        # Priority scheduling lets the gateway's lanes reach the engine's queue.
+        "--scheduling-policy",
+        "priority",
+        "--middleware",
+        GUARD_MIDDLEWARE,
+        "--disable-fastapi-docs",
+        "--disable-uvicorn-access-log",
+    ]
+    args.append("--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching")
+    if engine.max_model_len is not None:
+        args += ["--max-model-len", str(engine.max_model_len)]
+    if engine.device == "cuda":
+        args += ["--gpu-memory-utilization", str(engine.gpu_memory_utilization)]
+        if engine.tensor_parallel_size * engine.pipeline_parallel_size > 1:
+            args += ["--distributed-executor-backend", "ray"]
+    if engine.max_num_seqs is not None:
+        args += ["--max-num-seqs", str(engine.max_num_seqs)]
+    if engine.tokenizer:
+        args += ["--tokenizer", engine.tokenizer]
+    if engine.chat_template:
+        args += ["--chat-template", str(Path(engine.chat_template).expanduser())]
+    if engine.trust_remote_code:
+        args.append("--trust-remote-code")
+    for key, value in engine.extra_args.items():
+        flag = "--" + key.strip().lstrip("-").replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, list):
+            for item in value:
+                args += [flag, str(item)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def engine_environment(
+    engine: EngineConfig, *, token: str, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The engine process's environment: ours plus the config's, plus the secret."""
+    env = dict(os.environ if base is None else base)
+    if engine.device == "cpu":
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{engine.cpu_kv_cache_gib:g}")
+    env.update(engine.env)
+    env[TOKEN_ENV] = token
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def free_port(host: str) -> int:
+    """A port the OS reports free on ``host`` right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the replica actor's process dies (no orphans)."""
+    with contextlib.suppress(OSError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn_engine(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start the engine in its own process group, logging to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(f"\n=== seed-serve: starting engine at {time.ctime()} ===\n".encode())
+        log.flush()
+        return subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+            close_fds=True,
+        )
+
+
+def stop_engine(process: subprocess.Popen[bytes], *, grace_s: float = 15.0) -> None:
+    """SIGTERM the engine's process group, then SIGKILL what is left after ``grace_s``."""
+    if process.poll() is not None:
+        _kill_group(process.pid, signal.SIGKILL)
+        return
+    _kill_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    # The engine-core children share the group: make sure none outlives the server.
+    _kill_group(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+
+
+def _kill_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """The last lines of a log file (for error messages)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 16384))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])

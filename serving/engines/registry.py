@@ -1,0 +1,132 @@
+"""The gateway's view of the replicas, refreshed from Ray off the request path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from serving.engines.types import ReplicaInfo
+
+logger = logging.getLogger("seed_serve.registry")
+
+
+class ReplicaSource(Protocol):
+    """Where the registry learns which replicas exist."""
+
+    async def list_replicas(self) -> list[ReplicaInfo]: ...
+
+
+class RayControllerSource:
+    """Asks the controller actor (its cached list: no engine round trip)."""
+
+    def __init__(self, controller: Any) -> None:
+        self.controller = controller
+
+    async def list_replicas(self) -> list[ReplicaInfo]:
+        data = await self.controller.list_replicas.remote()
+        return [ReplicaInfo.from_dict(item) for item in data]
+
+
+class StaticSource:
+    """A fixed list of replicas (used where no Ray cluster is involved)."""
+
+    def __init__(self, replicas: list[ReplicaInfo]) -> None:
+        self.replicas = replicas
+
+    async def list_replicas(self) -> list[ReplicaInfo]:
+        return list(self.replicas)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """What /v1/models says about one served model."""
+
+    name: str
+    max_model_len: int | None
+    has_chat_template: bool
+    replicas_ready: int
+    replicas_total: int
+
+
+class ReplicaRegistry:
+    def __init__(self, source: ReplicaSource, *, refresh_interval_s: float = 1.0) -> None:
+        self.source = source
+        self.refresh_interval_s = refresh_interval_s
+        self._replicas: list[ReplicaInfo] = []
+        self._task: asyncio.Task[None] | None = None
+        self._refreshed = asyncio.Event()
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._refresh_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def refresh(self) -> None:
+        replicas = await self.source.list_replicas()
+        before = {r.replica_id: r.state for r in self._replicas}
+        for replica in replicas:
+            if before.get(replica.replica_id) != replica.state:
+                logger.info("replica %s is %s", replica.replica_id, replica.state.value)
+        self._replicas = replicas
+        self._refreshed.set()
+
+    async def wait_first_refresh(self, timeout_s: float = 30.0) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._refreshed.wait(), timeout_s)
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # keep the last good list; Ray may blip
+                logger.warning("could not refresh replicas: %s", exc)
+            await asyncio.sleep(self.refresh_interval_s)
+
+    # ------------------------------------------------------------------ queries
+
+    def all(self) -> list[ReplicaInfo]:
+        return list(self._replicas)
+
+    def knows(self, model: str) -> bool:
+        return any(r.model == model for r in self._replicas)
+
+    def ready(self, model: str) -> list[ReplicaInfo]:
+        return [r for r in self._replicas if r.model == model and r.ready]
+
+    def any_ready(self) -> bool:
+        return any(r.ready for r in self._replicas)
+
+    def models(self) -> list[ModelStatus]:
+        statuses = []
+        by_model = itertools.groupby(
+            sorted(self._replicas, key=lambda r: r.model), key=lambda r: r.model
+        )
+        for name, group in by_model:
+            replicas = list(group)
+            ready = [r for r in replicas if r.ready]
+            lens = [r.max_model_len for r in ready if r.max_model_len]
+            statuses.append(
+                ModelStatus(
+                    name=name,
+                    max_model_len=min(lens) if lens else None,
+                    has_chat_template=any(r.has_chat_template for r in ready),
+                    replicas_ready=len(ready),
+                    replicas_total=len(replicas),
+                )
+            )
+        return statuses
+
+    def model(self, name: str) -> ModelStatus | None:
+        return next((m for m in self.models() if m.name == name), None)
