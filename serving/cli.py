@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="Print the effective configuration as YAML.")
     _add_config_flags(config)
+    config.add_argument(
+        "--reference", action="store_true", help="Print the reference of every field (Markdown)."
+    )
 
     demo = commands.add_parser("demo-model", help="Build the offline demo model (SmolLM2-135M).")
     demo.add_argument("--target", type=Path, help="Where to build it (default: the cache).")
@@ -109,6 +112,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from serving.demo_model import build_demo_model
 
         build_demo_model(args.target, force=args.force)
+        return 0
+    if args.command == "config" and args.reference:
+        from serving.config_docs import config_reference
+
+        print(config_reference(), end="")
         return 0
     config = config_from_args(args)
     if args.command == "config":

@@ -101,10 +101,10 @@ class EngineConfig(_Strict):
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0.0, le=1.0, description="Share of each GPU's memory vLLM may use."
     )
-    cpu_kv_cache_gib: float = Field(
-        default=2.0,
-        gt=0.0,
-        le=1024.0,
+    cpu_kv_cache_gib: int = Field(
+        default=2,
+        ge=1,
+        le=4096,
         description="KV-cache size in GiB on CPU engines (VLLM_CPU_KVCACHE_SPACE).",
     )
     max_num_seqs: int | None = Field(

@@ -104,7 +104,16 @@ def _init_ray(config: ServingConfig, *, address: str | None) -> dict[str, Any]:
 def _uvicorn_server(config: ServingConfig, app: Any) -> Any:
     import uvicorn
 
-    return uvicorn.Server(
+    class GatewayServer(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT once it has shut down, so the process
+        dies of the signal; we still have replicas to stop after that, and a
+        requested stop is a clean exit (0)."""
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    return GatewayServer(
         uvicorn.Config(
             app,
             host=config.gateway.host,

@@ -87,7 +87,7 @@ def engine_environment(
     """The engine process's environment: ours plus the config's, plus the secret."""
     env = dict(os.environ if base is None else base)
     if engine.device == "cpu":
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{engine.cpu_kv_cache_gib:g}")
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine.cpu_kv_cache_gib))
     env.update(engine.env)
     env[TOKEN_ENV] = token
     env["PYTHONUNBUFFERED"] = "1"

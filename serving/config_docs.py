@@ -1,0 +1,66 @@
+"""The configuration reference, generated from the pydantic models (README keeps a copy
+that a test holds in sync)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
+
+from serving.config import (
+    EngineConfig,
+    GatewayConfig,
+    RayConfig,
+    ReplicaGroupConfig,
+    ServingConfig,
+)
+
+SECTIONS: list[tuple[str, type[BaseModel]]] = [
+    ("gateway", GatewayConfig),
+    ("ray", RayConfig),
+    ("replica_groups[]", ReplicaGroupConfig),
+    ("replica_groups[].engine", EngineConfig),
+]
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    text = str(annotation) if "[" in str(annotation) or "|" in str(annotation) else text
+    return text.replace("typing.", "").replace("NoneType", "null").replace("serving.config.", "")
+
+
+def _default(model: type[BaseModel], name: str) -> str:
+    field = model.model_fields[name]
+    if field.default is not PydanticUndefined:
+        value = field.default
+    elif field.default_factory is not None:
+        value = field.default_factory()  # type: ignore[call-arg]
+    else:
+        return "required"
+    if isinstance(value, BaseModel | list) and not isinstance(value, str):
+        return "see below" if isinstance(value, BaseModel) else "[one group]"
+    home = str(Path.home())
+    if isinstance(value, str) and value.startswith(home):
+        value = "~" + value[len(home) :]
+    return json.dumps(value)
+
+
+def config_reference() -> str:
+    lines = [
+        "Precedence: CLI flags > `SEED_SERVE_<SECTION>__<FIELD>` environment variables > "
+        "YAML file (`--config`) > defaults. Unknown keys are errors.",
+        "",
+    ]
+    for prefix, model in SECTIONS:
+        lines += [f"**`{prefix}`**", "", "| key | type | default | description |", "|---|---|---|---|"]
+        for name, field in model.model_fields.items():
+            if name == "engine" or (model is ServingConfig):
+                continue
+            description = (field.description or "").replace("|", "\\|")
+            type_name = _type_name(field.annotation).replace("|", "\\|")
+            lines.append(f"| `{name}` | `{type_name}` | `{_default(model, name)}` | {description} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,144 @@
+"""Running real `seed-serve` processes (up / gateway) for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tiny_config(model_dir: Path, *, port: int, replicas: int, name: str = "tiny") -> dict[str, Any]:
+    """A config serving the tiny test model on CPU."""
+    return {
+        "gateway": {"host": "127.0.0.1", "port": port, "log_level": "info"},
+        "ray": {"num_cpus": 2, "namespace": f"test-{port}"},
+        "replica_groups": [
+            {
+                "name": name,
+                "replicas": replicas,
+                "num_cpus": 1,
+                "startup_timeout_s": 600,
+                "engine": {
+                    "model": str(model_dir),
+                    "served_model_name": "tiny-llama",
+                    "device": "cpu",
+                    "dtype": "float32",
+                    "max_model_len": 1024,
+                    "cpu_kv_cache_gib": 1,
+                    "max_num_seqs": 16,
+                },
+            }
+        ],
+    }
+
+
+class SeedServeProcess:
+    """A `seed-serve` command in its own home folder, logging to a file."""
+
+    def __init__(
+        self,
+        command: str,
+        config: dict[str, Any],
+        workdir: Path,
+        *,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = workdir / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.home = workdir / "home"
+        self.log_path = workdir / f"{command}.log"
+        self.port = int(config["gateway"]["port"])
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        process_env = {**os.environ, "SEED_SERVE_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
+        process_env.update(env or {})
+        self._log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "serving",
+                command,
+                "--config",
+                str(self.config_path),
+                *(extra_args or []),
+            ],
+            cwd=ROOT,
+            env=process_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = 900, *, replicas: int = 1) -> None:
+        """Until /ready says ``replicas`` replicas are ready (fails with the log)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"seed-serve exited with {self.process.returncode}:\n{self.log()[-5000:]}")
+            try:
+                response = httpx.get(self.base_url + "/ready", timeout=2)
+                states = response.json().get("replicas", {})
+                if sum(state == "ready" for state in states.values()) >= replicas:
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(1)
+        raise AssertionError(f"not ready after {timeout_s}s:\n{self.log()[-5000:]}")
+
+    def run_state(self) -> dict[str, Any]:
+        return dict(json.loads((self.home / "run" / "up.json").read_text()))
+
+    def descendants(self) -> list[psutil.Process]:
+        """Every process this one started, engines in their own sessions included."""
+        try:
+            root = psutil.Process(self.process.pid)
+            found = root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        # Engines run in their own process group (start_new_session) but are
+        # still descendants of the replica actors, so recursion finds them.
+        return found
+
+    def stop(self, timeout_s: float = 120) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+        self._log.close()
+        return int(self.process.returncode)
+
+    def kill_tree(self) -> None:
+        """Last-resort clean-up after a failed test."""
+        for proc in self.descendants():
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if self.process.poll() is None:
+            self.process.kill()
