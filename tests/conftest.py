@@ -23,7 +23,9 @@ def tiny_model_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServeProcess]:
+def tiny_stack(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SeedServeProcess]:
     """`seed-serve up` with two tiny replicas on real local Ray, over real HTTP."""
     stack = SeedServeProcess(
         "up",

@@ -26,7 +26,9 @@ def test_models_lists_the_served_model(tiny_client: openai.OpenAI) -> None:
 
 
 def test_completion(tiny_client: openai.OpenAI) -> None:
-    result = tiny_client.completions.create(model=TINY_MODEL, prompt=PROMPT, max_tokens=8, temperature=0)
+    result = tiny_client.completions.create(
+        model=TINY_MODEL, prompt=PROMPT, max_tokens=8, temperature=0
+    )
     assert result.object == "text_completion"
     assert len(result.choices) == 1
     assert result.choices[0].text
@@ -83,7 +85,9 @@ def test_list_prompt_and_n(tiny_client: openai.OpenAI) -> None:
 
 
 def test_echo_returns_the_prompt_first(tiny_client: openai.OpenAI) -> None:
-    result = tiny_client.completions.create(model=TINY_MODEL, prompt=PROMPT, max_tokens=3, echo=True)
+    result = tiny_client.completions.create(
+        model=TINY_MODEL, prompt=PROMPT, max_tokens=3, echo=True
+    )
     assert result.choices[0].text.startswith(PROMPT)
 
 
@@ -188,7 +192,9 @@ def test_chat_on_a_base_model_is_a_clear_400(tiny_client: openai.OpenAI) -> None
 def test_two_replicas_both_serve(tiny_client: openai.OpenAI) -> None:
     served = set()
     for _ in range(8):
-        raw = tiny_client.completions.with_raw_response.create(model=TINY_MODEL, prompt="x", max_tokens=1)
+        raw = tiny_client.completions.with_raw_response.create(
+            model=TINY_MODEL, prompt="x", max_tokens=1
+        )
         served.add(raw.headers["x-seed-serve-replica"])
     assert served == {"tiny-0", "tiny-1"}
 

@@ -47,7 +47,7 @@ def _param_from_loc(loc: tuple[Any, ...]) -> str | None:
     named = [
         p
         for p in parts
-        if isinstance(p, int) or not any(ch in str(p) for ch in "[]") and str(p) not in _TYPE_TAGS
+        if isinstance(p, int) or (not any(ch in str(p) for ch in "[]") and str(p) not in _TYPE_TAGS)
     ]
     text = ""
     for part in named:
@@ -115,7 +115,9 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         request.headers.get("x-request-id", "-"),
     )
     return JSONResponse(
-        error_payload("The server had an error while processing your request.", error_type="server_error"),
+        error_payload(
+            "The server had an error while processing your request.", error_type="server_error"
+        ),
         status_code=500,
     )
 

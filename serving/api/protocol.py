@@ -145,7 +145,9 @@ class ModelCard(BaseModel):
     max_model_len: int | None = Field(default=None, description="Context length in tokens.")
     replicas_ready: int = Field(description="Replicas serving this model now.")
     replicas_total: int = Field(description="Replicas configured for this model.")
-    chat: bool = Field(description="Whether /v1/chat/completions works (model has a chat template).")
+    chat: bool = Field(
+        description="Whether /v1/chat/completions works (model has a chat template)."
+    )
 
 
 class ModelList(BaseModel):

@@ -52,7 +52,9 @@ def engine_command(engine: EngineConfig, *, host: str, port: int) -> list[str]:
         "--disable-fastapi-docs",
         "--disable-uvicorn-access-log",
     ]
-    args.append("--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching")
+    args.append(
+        "--enable-prefix-caching" if engine.enable_prefix_caching else "--no-enable-prefix-caching"
+    )
     if engine.max_model_len is not None:
         args += ["--max-model-len", str(engine.max_model_len)]
     if engine.device == "cuda":

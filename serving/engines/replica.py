@@ -110,7 +110,9 @@ class ReplicaActor:
             "max_tokens": 1,
         }
         try:
-            async with self._client().post(self.url + "/v1/chat/completions", json=body) as response:
+            async with self._client().post(
+                self.url + "/v1/chat/completions", json=body
+            ) as response:
                 return response.status == 200
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return False

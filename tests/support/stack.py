@@ -97,7 +97,9 @@ class SeedServeProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"seed-serve exited with {self.process.returncode}:\n{self.log()[-5000:]}")
+                raise AssertionError(
+                    f"seed-serve exited with {self.process.returncode}:\n{self.log()[-5000:]}"
+                )
             try:
                 response = httpx.get(self.base_url + "/ready", timeout=2)
                 states = response.json().get("replicas", {})
