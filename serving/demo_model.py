@@ -20,6 +20,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from serving.paths import COMPLETE_MARKER, demo_model_dir, seed_serve_home
 
@@ -124,7 +125,7 @@ def verify(model_dir: Path, progress: Progress = _print_step) -> str:
 
     progress("verifying: loading the saved model and generating")
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     inputs = tokenizer(VERIFY_PROMPT, return_tensors="pt")
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=32, do_sample=False)

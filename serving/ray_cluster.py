@@ -28,7 +28,7 @@ def use_token_auth_if_available() -> None:
         os.environ[_AUTH_MODE] = "token"
         if "ray" in sys.modules:  # already loaded: make it re-read its config
             with contextlib.suppress(Exception):
-                from ray._raylet import Config
+                from ray._raylet import Config  # type: ignore[attr-defined]
 
                 Config.initialize("")
 
@@ -61,4 +61,4 @@ def init_ray(
     except Exception as exc:
         where = address or "a local Ray"
         raise StartupError(f"could not start or join Ray ({where}): {exc}") from exc
-    return dict(context.address_info)
+    return dict(context.address_info)  # type: ignore[attr-defined]

@@ -225,6 +225,7 @@ def run_gateway(config: ServingConfig) -> int:
     check_port_free(config.gateway.host, config.gateway.port)
     init_ray(namespace=config.ray.namespace, address=config.ray.address or "auto")
     import ray
+
     try:
         controller = create_or_get_controller(config, local_ray=False, detached=True)
         ray.get(controller.start.remote())

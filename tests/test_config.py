@@ -38,7 +38,9 @@ def test_gpu_node_example_serves_seed_coder_on_eight_gpus() -> None:
     assert config.ray.num_gpus == 8
 
 
-@pytest.mark.parametrize("model", [ServingConfig, GatewayConfig, RayConfig, ReplicaGroupConfig, EngineConfig])
+@pytest.mark.parametrize(
+    "model", [ServingConfig, GatewayConfig, RayConfig, ReplicaGroupConfig, EngineConfig]
+)
 def test_every_field_is_described(model: type[BaseModel]) -> None:
     for name, field in model.model_fields.items():
         assert field.description and len(field.description) > 10, f"{model.__name__}.{name}"
@@ -93,11 +95,17 @@ def test_cli_overrides_env() -> None:
             "replica_groups[0].engine",
             "device: cuda",
         ),
-        ({"replica_groups": [{"engine": {"dtype": "fp8"}}]}, "replica_groups[0].engine.dtype", "float32"),
+        (
+            {"replica_groups": [{"engine": {"dtype": "fp8"}}]},
+            "replica_groups[0].engine.dtype",
+            "float32",
+        ),
         ({"ray": {"num_cpus": -1}}, "ray.num_cpus", "greater than or equal to 1"),
     ],
 )
-def test_invalid_config_names_the_field(tmp_path: Path, raw: dict[str, object], field: str, fragment: str) -> None:
+def test_invalid_config_names_the_field(
+    tmp_path: Path, raw: dict[str, object], field: str, fragment: str
+) -> None:
     import yaml
 
     path = tmp_path / "c.yaml"

@@ -30,20 +30,24 @@ def test_demo_model_build_is_marked_verified() -> None:
 
 
 def test_completion_of_a_function_header_is_python(demo_client: openai.OpenAI) -> None:
-    prompt = "def fibonacci(n):\n"
-    result = demo_client.completions.create(model=DEMO_MODEL, prompt=prompt, max_tokens=64, temperature=0)
+    prompt = "def fibonacci(n):"
+    result = demo_client.completions.create(
+        model=DEMO_MODEL, prompt=prompt, max_tokens=64, temperature=0
+    )
     code = first_function(prompt + result.choices[0].text)
-    tree = ast.parse(code)
+    tree = ast.parse(code)  # raises (and shows the code) if it is not Python
     (function,) = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
     assert function.name == "fibonacci"
     assert any(isinstance(node, ast.Return) for node in ast.walk(function))
 
 
 def test_streaming_code_matches_and_chat_works(demo_client: openai.OpenAI) -> None:
-    prompt = "def is_even(n):\n"
+    prompt = "def is_even(n):"
     kwargs = {"model": DEMO_MODEL, "prompt": prompt, "max_tokens": 32, "temperature": 0}
     whole = demo_client.completions.create(**kwargs).choices[0].text
-    streamed = "".join(c.choices[0].text for c in demo_client.completions.create(stream=True, **kwargs))
+    streamed = "".join(
+        c.choices[0].text for c in demo_client.completions.create(stream=True, **kwargs)
+    )
     assert streamed == whole
     ast.parse(first_function(prompt + whole))
 

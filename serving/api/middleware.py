@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import MutableMapping
 from typing import Any
 
 from serving.errors import PayloadTooLargeError
@@ -17,7 +18,7 @@ _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
 Scope = dict[str, Any]
 
 
-def request_id_of(scope: Scope) -> str:
+def request_id_of(scope: MutableMapping[str, Any]) -> str:
     return str(scope.get("state", {}).get("request_id", ""))
 
 

@@ -56,7 +56,7 @@ class ReplicaController:
                 replica_id = f"{group.name}-{index}"
                 if replica_id in self.slots:
                     continue
-                handle = replica_cls.options(  # type: ignore[attr-defined]
+                handle = replica_cls.options(
                     name=f"{self.config.ray.controller_name}-{replica_id}",
                     namespace=self.config.ray.namespace,
                     get_if_exists=True,
@@ -183,6 +183,6 @@ def create_or_get_controller(config: ServingConfig, *, local_ray: bool, detached
     }
     if detached:
         options["lifetime"] = "detached"
-    return controller_cls.options(**options).remote(  # type: ignore[attr-defined]
+    return controller_cls.options(**options).remote(
         config.model_dump(mode="json"), local_ray
     )
