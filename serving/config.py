@@ -119,6 +119,12 @@ class EngineConfig(_Strict):
     trust_remote_code: bool = Field(
         default=False, description="Allow model code from the model folder to run."
     )
+    fim_template: str = Field(
+        default="none",
+        description="Fill-in-the-middle format of the model family (seed-coder, starcoder, "
+        "santacoder, qwen2.5-coder, deepseek-coder, codellama, codestral) or `none` "
+        "(prefix-only generation, then suffix-aware trimming).",
+    )
     extra_args: dict[str, ScalarArg | list[str]] = Field(
         default_factory=dict,
         description="More vLLM engine arguments, e.g. {enforce-eager: true}. "
@@ -134,6 +140,15 @@ class EngineConfig(_Strict):
         if value is not None and not value.strip():
             raise ValueError("must not be blank")
         return os.path.expanduser(value) if value and value.startswith("~") else value
+
+    @field_validator("fim_template")
+    @classmethod
+    def _known_template(cls, value: str) -> str:
+        from serving.tasks.fim import template_names
+
+        if value not in template_names():
+            raise ValueError(f"unknown template {value!r}; known: {', '.join(template_names())}")
+        return value
 
     @field_validator("extra_args")
     @classmethod
@@ -235,6 +250,97 @@ class GatewayConfig(_Strict):
     )
 
 
+class TasksConfig(_Strict):
+    """The code tasks: completion, repair, test generation."""
+
+    fim_prefix_share: float = Field(
+        default=0.7,
+        ge=0.1,
+        le=0.95,
+        description="Share of the prompt budget kept for the prefix when prefix + suffix "
+        "+ max_tokens exceed the context (the suffix gets the rest).",
+    )
+    completion_max_tokens: int = Field(
+        default=64, ge=1, le=4096, description="Default max_tokens of /v1/code/completions."
+    )
+    completion_max_tokens_limit: int = Field(
+        default=512, ge=1, le=32768, description="Largest max_tokens /v1/code/completions accepts."
+    )
+    max_code_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest code (prefix + suffix, or code + test) a code task accepts (400 above).",
+    )
+    repair_candidates: int = Field(
+        default=4, ge=1, le=16, description="Default number of repair candidates generated."
+    )
+    repair_max_tokens: int = Field(
+        default=384, ge=16, le=8192, description="Tokens a repair candidate may take."
+    )
+    tests_candidates: int = Field(
+        default=2, ge=1, le=16, description="Default number of test-file candidates generated."
+    )
+    tests_max_tokens: int = Field(
+        default=512, ge=32, le=8192, description="Tokens a light test file may take (thorough: 2x)."
+    )
+    tests_regenerations: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Extra rounds when no candidate parses (bounded regeneration).",
+    )
+    max_candidates: int = Field(
+        default=8, ge=1, le=32, description="Largest n_candidates a request may ask for."
+    )
+
+
+class SandboxConfig(_Strict):
+    """Where generated or user-supplied code runs (never in the gateway)."""
+
+    isolation: Literal["auto", "bwrap", "unshare", "none"] = Field(
+        default="auto",
+        description="auto: bubblewrap, else unshare namespaces; `none` runs unisolated and "
+        "needs allow_unisolated.",
+    )
+    bwrap: str = Field(
+        default="bwrap",
+        min_length=1,
+        description="The bubblewrap program (name on PATH or absolute path).",
+    )
+    allow_unisolated: bool = Field(
+        default=False,
+        description="Allow running code without namespaces when no isolation is available "
+        "(otherwise code tasks fail closed with 503).",
+    )
+    timeout_s: float = Field(default=20.0, gt=0, le=600, description="Wall-clock limit of one run.")
+    cpu_seconds: int = Field(default=10, ge=1, le=600, description="CPU-time limit (RLIMIT_CPU).")
+    memory_mb: int = Field(
+        default=1024, ge=64, le=65536, description="Address-space limit (RLIMIT_AS) in MiB."
+    )
+    max_processes: int = Field(
+        default=32, ge=1, le=4096, description="Process/thread limit inside the sandbox."
+    )
+    max_file_mb: int = Field(
+        default=16, ge=1, le=4096, description="Largest file the code may write (RLIMIT_FSIZE)."
+    )
+    max_open_files: int = Field(
+        default=64, ge=16, le=65536, description="Open-file limit (RLIMIT_NOFILE)."
+    )
+    max_output_bytes: int = Field(
+        default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Output kept per stream."
+    )
+    concurrency: int = Field(
+        default=2, ge=1, le=256, description="Sandbox runs at once per gateway process."
+    )
+
+    @model_validator(mode="after")
+    def _none_needs_consent(self) -> SandboxConfig:
+        if self.isolation == "none" and not self.allow_unisolated:
+            raise ValueError("isolation `none` needs allow_unisolated: true")
+        return self
+
+
 class RayConfig(_Strict):
     """Where the engines run."""
 
@@ -266,6 +372,12 @@ class ServingConfig(_Strict):
 
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="The HTTP gateway.")
     ray: RayConfig = Field(default_factory=RayConfig, description="The Ray cluster.")
+    tasks: TasksConfig = Field(
+        default_factory=TasksConfig, description="Code completion, repair, test generation."
+    )
+    sandbox: SandboxConfig = Field(
+        default_factory=SandboxConfig, description="Isolated execution of code."
+    )
     replica_groups: list[ReplicaGroupConfig] = Field(
         default_factory=lambda: [ReplicaGroupConfig()],
         min_length=1,

@@ -148,6 +148,11 @@ class ModelCard(BaseModel):
     chat: bool = Field(
         description="Whether /v1/chat/completions works (model has a chat template)."
     )
+    fim: str = Field(description="Fill-in-the-middle template of the model (`none`: no FIM).")
+    fim_mode: Literal["native", "prefix-only"] = Field(
+        description="How `suffix` is served: the model's FIM format, or prefix-only "
+        "generation followed by suffix-aware trimming."
+    )
 
 
 class ModelList(BaseModel):

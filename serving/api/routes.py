@@ -7,6 +7,15 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from serving.api.code_protocol import (
+    CodeCompletionRequest,
+    CodeCompletionResponse,
+    CodeRepairRequest,
+    CodeRepairResponse,
+    CodeTestsRequest,
+    CodeTestsResponse,
+)
+from serving.api.code_serving import CodeServing
 from serving.api.middleware import request_id_of
 from serving.api.protocol import (
     ChatCompletionRequest,
@@ -38,6 +47,8 @@ def openai_router(serving: OpenAIServing, registry: ReplicaRegistry) -> APIRoute
                     replicas_ready=m.replicas_ready,
                     replicas_total=m.replicas_total,
                     chat=m.has_chat_template,
+                    fim=m.fim_template,
+                    fim_mode="native" if m.fim_template != "none" else "prefix-only",
                 )
                 for m in registry.models()
             ]
@@ -50,6 +61,31 @@ def openai_router(serving: OpenAIServing, registry: ReplicaRegistry) -> APIRoute
     @router.post("/v1/chat/completions", responses=_ERRORS)
     async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
         return await serving.chat(body, request_id_of(request.scope))
+
+    return router
+
+
+def code_router(code: CodeServing) -> APIRouter:
+    router = APIRouter()
+
+    @router.post(
+        "/v1/code/completions",
+        responses={**_ERRORS, 200: {"model": CodeCompletionResponse}},
+        response_model=None,
+    )
+    async def code_completion(body: CodeCompletionRequest) -> Response:
+        """Completion at the cursor: FIM prompt, post-processed to the line/block."""
+        return await code.completion(body)
+
+    @router.post("/v1/code/repairs", responses=_ERRORS)
+    async def code_repair(body: CodeRepairRequest) -> CodeRepairResponse:
+        """Fix code given its error; candidates checked, verified against a test."""
+        return await code.repair(body)
+
+    @router.post("/v1/code/tests", responses=_ERRORS)
+    async def code_tests(body: CodeTestsRequest) -> CodeTestsResponse:
+        """Unit tests for the code, run against it in the sandbox."""
+        return await code.tests(body)
 
     return router
 

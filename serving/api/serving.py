@@ -1,38 +1,49 @@
 """Serving logic of the OpenAI routes: resolve the model, pick a replica,
-forward, relay the answer (SSE chunks untouched, as they arrive)."""
+forward, relay the answer (SSE chunks untouched, as they arrive).
+
+``/v1/completions`` with ``suffix`` is fill-in-the-middle: the gateway renders
+the model family's FIM prompt itself (or, for a model without FIM, sends the
+prefix alone) and trims the answer against the suffix.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from serving.api.errors import sse_error_event
-from serving.api.middleware import REPLICA_HEADER
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.api.sse import DONE, guarded_stream, sse_event
 from serving.config import GatewayConfig
-from serving.engines.client import EngineClient
+from serving.engines.dispatch import REPLICA_HEADER, Dispatcher
 from serving.engines.registry import ModelStatus, ReplicaRegistry
-from serving.engines.router import RoundRobinRouter
 from serving.engines.types import ReplicaInfo
-from serving.errors import (
-    APIError,
-    BadRequestError,
-    NotFoundError,
-    ServiceUnavailableError,
-    UpstreamError,
-    api_error_for_status,
-)
+from serving.errors import BadRequestError, NotFoundError, UpstreamError
+from serving.tasks.completion import CodeCompleter, CompletionRun
 
 logger = logging.getLogger("seed_serve.serving")
 
-_DONE = b"data: [DONE]\n\n"
-_RETRY_AFTER_S = "2"
+_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def resolve_model(registry: ReplicaRegistry, model: str) -> ModelStatus:
+    status = registry.model(model)
+    if status is None:
+        raise NotFoundError(
+            f"The model `{model}` does not exist. Available: "
+            + ", ".join(m.name for m in registry.models()),
+            param="model",
+            code="model_not_found",
+        )
+    return status
 
 
 class OpenAIServing:
@@ -40,30 +51,28 @@ class OpenAIServing:
         self,
         config: GatewayConfig,
         registry: ReplicaRegistry,
-        client: EngineClient,
-        router: RoundRobinRouter | None = None,
+        dispatcher: Dispatcher,
+        completer: CodeCompleter,
     ) -> None:
         self.config = config
         self.registry = registry
-        self.client = client
-        self.router = router or RoundRobinRouter()
+        self.dispatcher = dispatcher
+        self.completer = completer
 
     # ------------------------------------------------------------------ routes
 
     async def completions(self, request: CompletionRequest, request_id: str) -> Response:
-        status = self._resolve(request.model)
+        status = resolve_model(self.registry, request.model)
         self._check_n(request.n)
-        if request.suffix is not None:
-            raise BadRequestError(
-                f"suffix (fill-in-the-middle) is not supported by model `{request.model}`.",
-                param="suffix",
-            )
         self._check_output_limit(status, request.max_tokens, "max_tokens")
+        if request.suffix is not None:
+            return await self._fill_in_the_middle(request, status)
+        self._check_prompt_fits(request, status)
         payload = request.model_dump(exclude_unset=True)
         return await self.forward("/v1/completions", payload, request.model, request.stream)
 
     async def chat(self, request: ChatCompletionRequest, request_id: str) -> Response:
-        status = self._resolve(request.model)
+        status = resolve_model(self.registry, request.model)
         self._check_n(request.n)
         if status.replicas_ready and not status.has_chat_template:
             raise BadRequestError(
@@ -78,17 +87,6 @@ class OpenAIServing:
         return await self.forward("/v1/chat/completions", payload, request.model, request.stream)
 
     # ------------------------------------------------------------------ checks
-
-    def _resolve(self, model: str) -> ModelStatus:
-        status = self.registry.model(model)
-        if status is None:
-            raise NotFoundError(
-                f"The model `{model}` does not exist. Available: "
-                + ", ".join(m.name for m in self.registry.models()),
-                param="model",
-                code="model_not_found",
-            )
-        return status
 
     def _check_n(self, n: int) -> None:
         if n > self.config.max_n:
@@ -106,53 +104,143 @@ class OpenAIServing:
                 param=field,
             )
 
-    # ------------------------------------------------------------------ relay
+    def _check_prompt_fits(self, request: CompletionRequest, status: ModelStatus) -> None:
+        """Prompt + max_tokens must fit the context (as OpenAI answers; vLLM would
+        silently shorten the completion instead)."""
+        context = status.max_model_len
+        if context is None:
+            return
+        max_tokens = request.max_tokens or _DEFAULT_MAX_TOKENS
+        prompt = request.prompt
+        one_prompt = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], int))
+        items: list[Any] = [prompt] if one_prompt else list(prompt)
+        counter = self.registry.token_counter(status.name)
+        for item in items:
+            if isinstance(item, list):
+                prompt_tokens = len(item)
+            elif len(item.encode()) + max_tokens <= context or not counter.exact:
+                continue  # fits for sure (a token is at least one byte), or cannot tell
+            else:
+                prompt_tokens = counter.count(item)
+            if prompt_tokens + max_tokens > context:
+                raise BadRequestError(
+                    f"This model's maximum context length is {context} tokens. However, you "
+                    f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the "
+                    f"prompt, {max_tokens} for the completion). Please reduce the prompt or "
+                    "max_tokens.",
+                    param="max_tokens",
+                    code="context_length_exceeded",
+                )
 
-    def _candidates(self, model: str) -> list[ReplicaInfo]:
-        ready = self.registry.ready(model)
-        if not ready:
-            raise ServiceUnavailableError(
-                f"No replica of model `{model}` is ready yet; retry shortly.",
-                code="no_ready_replica",
-                headers={"Retry-After": _RETRY_AFTER_S},
+    # ------------------------------------------------------------------ FIM
+
+    async def _fill_in_the_middle(
+        self, request: CompletionRequest, status: ModelStatus
+    ) -> Response:
+        if not isinstance(request.prompt, str):
+            raise BadRequestError(
+                "suffix needs `prompt` to be a single string (the text before the insertion point).",
+                param="prompt",
             )
-        return ready
+        if request.echo:
+            raise BadRequestError("echo and suffix cannot be used together.", param="echo")
+        if request.logprobs is not None:
+            raise BadRequestError("logprobs are not available with suffix.", param="logprobs")
+        prepared = self.completer.prepare(
+            status,
+            prefix=request.prompt,
+            suffix=request.suffix or "",
+            language=None,
+            mode="none",
+            max_tokens=request.max_tokens or _DEFAULT_MAX_TOKENS,
+            stop=[request.stop] if isinstance(request.stop, str) else request.stop,
+        )
+        sampling = request.model_dump(
+            exclude_unset=True,
+            exclude={
+                "model",
+                "prompt",
+                "suffix",
+                "max_tokens",
+                "stop",
+                "n",
+                "stream",
+                "stream_options",
+                "echo",
+                "best_of",
+            },
+        )
+        run = await self.completer.start(prepared, sampling, n=request.n)
+        headers = {REPLICA_HEADER: run.replica.replica_id}
+        completion_id = f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        if not request.stream:
+            async for _ in run.deltas():
+                pass
+            return JSONResponse(
+                {
+                    "id": completion_id,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": request.model,
+                    "choices": [
+                        {
+                            "index": i,
+                            "text": run.texts[i],
+                            "finish_reason": run.finish_reasons[i],
+                            "logprobs": None,
+                        }
+                        for i in range(request.n)
+                    ],
+                    "usage": _usage(run),
+                },
+                headers=headers,
+            )
+
+        async def events() -> AsyncIterator[bytes]:
+            async for delta in run.deltas():
+                yield sse_event(
+                    {
+                        "id": completion_id,
+                        "object": "text_completion",
+                        "created": created,
+                        "model": request.model,
+                        "choices": [
+                            {
+                                "index": delta.index,
+                                "text": delta.text,
+                                "finish_reason": delta.finish_reason,
+                                "logprobs": None,
+                            }
+                        ],
+                    }
+                )
+            if request.wants_usage_chunk():
+                yield sse_event(
+                    {
+                        "id": completion_id,
+                        "object": "text_completion",
+                        "created": created,
+                        "model": request.model,
+                        "choices": [],
+                        "usage": _usage(run),
+                    }
+                )
+            yield DONE
+
+        return StreamingResponse(
+            guarded_stream(events()),
+            media_type="text/event-stream",
+            headers={**headers, **_STREAM_HEADERS},
+        )
+
+    # ------------------------------------------------------------------ relay
 
     async def forward(
         self, path: str, payload: dict[str, Any], model: str, stream: bool
     ) -> Response:
-        """Send to one replica; on a connection failure before any answer, try another."""
-        payload.setdefault("priority", 0)
-        body = json.dumps(payload, separators=(",", ":")).encode()
-        candidates = self._candidates(model)
-        tried: set[str] = set()
-        last_error: Exception | None = None
-        for _ in range(min(2, len(candidates))):
-            remaining = [r for r in candidates if r.replica_id not in tried]
-            replica = self.router.pick(model, remaining)
-            tried.add(replica.replica_id)
-            try:
-                upstream = await self.client.post(replica, path, body)
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
-                logger.warning("replica %s unreachable: %s", replica.replica_id, exc)
-                last_error = exc
-                continue
-            return await self._answer(upstream, replica, stream)
-        raise UpstreamError(
-            f"Could not reach a replica of model `{model}`: {last_error}",
-            code="replica_unreachable",
-        )
-
-    async def _answer(
-        self, upstream: aiohttp.ClientResponse, replica: ReplicaInfo, stream: bool
-    ) -> Response:
+        upstream, replica = await self.dispatcher.open(model, path, payload)
         headers = {REPLICA_HEADER: replica.replica_id}
-        if upstream.status != 200:
-            try:
-                raw = await upstream.read()
-            finally:
-                upstream.release()
-            raise _upstream_error(upstream.status, raw, replica, headers)
         if not stream:
             try:
                 raw = await upstream.read()
@@ -168,8 +256,16 @@ class OpenAIServing:
         return StreamingResponse(
             _relay(upstream, replica),
             media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={**headers, **_STREAM_HEADERS},
         )
+
+
+def _usage(run: CompletionRun) -> dict[str, int]:
+    return {
+        "prompt_tokens": run.prompt_tokens,
+        "completion_tokens": run.completion_tokens,
+        "total_tokens": run.prompt_tokens + run.completion_tokens,
+    }
 
 
 async def _relay(upstream: aiohttp.ClientResponse, replica: ReplicaInfo) -> AsyncIterator[bytes]:
@@ -188,30 +284,10 @@ async def _relay(upstream: aiohttp.ClientResponse, replica: ReplicaInfo) -> Asyn
             code="replica_failed",
         )
         yield sse_error_event(error)
-        yield _DONE
+        yield DONE
         finished = True
     finally:
         if finished:
             upstream.release()
         else:
             upstream.close()
-
-
-def _upstream_error(
-    status: int, raw: bytes, replica: ReplicaInfo, headers: dict[str, str]
-) -> APIError:
-    message, param = f"Replica {replica.replica_id} answered HTTP {status}.", None
-    try:
-        data = json.loads(raw)
-        error = data.get("error", data)
-        if isinstance(error, dict):
-            message = str(error.get("message") or message)
-            param = error.get("param")
-        elif isinstance(error, str):
-            message = error
-    except (ValueError, AttributeError):
-        pass
-    if status >= 500 and status != 503:
-        return UpstreamError(f"Engine error: {message}", code="engine_error", headers=headers)
-    cls = api_error_for_status(status)
-    return cls(message, param=param, headers=headers)

@@ -145,6 +145,14 @@ class ReplicaController:
         """The cached state of every replica (cheap: no engine call)."""
         return [slot.info.to_dict() for slot in self.slots.values()]
 
+    async def tokenizer_json(self, model: str) -> str | None:
+        """The tokenizer.json of ``model``, read by one of its ready replicas."""
+        for slot in self.slots.values():
+            if slot.info.model == model and slot.info.ready:
+                result = await slot.handle.tokenizer_json.remote()
+                return str(result) if result is not None else None
+        return None
+
     async def config_json(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")
 
@@ -183,6 +191,4 @@ def create_or_get_controller(config: ServingConfig, *, local_ray: bool, detached
     }
     if detached:
         options["lifetime"] = "detached"
-    return controller_cls.options(**options).remote(
-        config.model_dump(mode="json"), local_ray
-    )
+    return controller_cls.options(**options).remote(config.model_dump(mode="json"), local_ray)

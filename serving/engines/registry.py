@@ -10,14 +10,20 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from serving.engines.types import ReplicaInfo
+from serving.tasks.tokens import TokenCounter
 
 logger = logging.getLogger("seed_serve.registry")
+
+
+_BYTE_COUNTER = TokenCounter(None)
 
 
 class ReplicaSource(Protocol):
     """Where the registry learns which replicas exist."""
 
     async def list_replicas(self) -> list[ReplicaInfo]: ...
+
+    async def tokenizer_json(self, model: str) -> str | None: ...
 
 
 class RayControllerSource:
@@ -30,6 +36,10 @@ class RayControllerSource:
         data = await self.controller.list_replicas.remote()
         return [ReplicaInfo.from_dict(item) for item in data]
 
+    async def tokenizer_json(self, model: str) -> str | None:
+        result = await self.controller.tokenizer_json.remote(model)
+        return str(result) if result is not None else None
+
 
 class StaticSource:
     """A fixed list of replicas (used where no Ray cluster is involved)."""
@@ -40,6 +50,9 @@ class StaticSource:
     async def list_replicas(self) -> list[ReplicaInfo]:
         return list(self.replicas)
 
+    async def tokenizer_json(self, model: str) -> str | None:
+        return None
+
 
 @dataclass(frozen=True)
 class ModelStatus:
@@ -48,6 +61,7 @@ class ModelStatus:
     name: str
     max_model_len: int | None
     has_chat_template: bool
+    fim_template: str
     replicas_ready: int
     replicas_total: int
 
@@ -59,6 +73,7 @@ class ReplicaRegistry:
         self._replicas: list[ReplicaInfo] = []
         self._task: asyncio.Task[None] | None = None
         self._refreshed = asyncio.Event()
+        self._counters: dict[str, TokenCounter] = {}
 
     async def start(self) -> None:
         if self._task is None:
@@ -79,6 +94,11 @@ class ReplicaRegistry:
                 logger.info("replica %s is %s", replica.replica_id, replica.state.value)
         self._replicas = replicas
         self._refreshed.set()
+        for model in {r.model for r in replicas if r.ready} - set(self._counters):
+            try:
+                self._counters[model] = TokenCounter(await self.source.tokenizer_json(model))
+            except Exception as exc:
+                logger.warning("no tokenizer for %s yet: %s", model, exc)
 
     async def wait_first_refresh(self, timeout_s: float = 30.0) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -122,11 +142,16 @@ class ReplicaRegistry:
                     name=name,
                     max_model_len=min(lens) if lens else None,
                     has_chat_template=any(r.has_chat_template for r in ready),
+                    fim_template=replicas[0].fim_template,
                     replicas_ready=len(ready),
                     replicas_total=len(replicas),
                 )
             )
         return statuses
+
+    def token_counter(self, model: str) -> TokenCounter:
+        """The model's tokenizer (byte counts until it has been fetched)."""
+        return self._counters.get(model) or _BYTE_COUNTER
 
     def model(self, name: str) -> ModelStatus | None:
         return next((m for m in self.models() if m.name == name), None)

@@ -23,6 +23,7 @@ import os
 import secrets
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -38,6 +39,7 @@ from serving.engines.engine_process import (
 )
 from serving.engines.types import ReplicaInfo, ReplicaState
 from serving.paths import logs_dir
+from serving.tasks.fim import fim_template
 
 _HEALTH_TIMEOUT_S = 5.0
 _UNHEALTHY_AFTER = 3  # consecutive failed checks before a ready replica is unhealthy
@@ -59,6 +61,7 @@ class ReplicaActor:
         self.max_model_len: int | None = engine.max_model_len
         self.has_chat_template = False
         self._failed_checks = 0
+        self.fatal = False
         self._session: aiohttp.ClientSession | None = None
         self._started_at = time.monotonic()
         # Started here, not in a method: when Ray restarts a dead replica it
@@ -102,6 +105,46 @@ class ReplicaActor:
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return False
 
+    async def _check_fim_tokens(self) -> str:
+        """Each special token of the FIM template must be one token of this model."""
+        template = fim_template(self.group.engine.fim_template)
+        if template is None:
+            return ""
+        problems = []
+        for token in template.tokens:
+            body = {
+                "model": self.group.engine.served_model_name,
+                "prompt": token,
+                "add_special_tokens": False,
+            }
+            async with self._client().post(self.url + "/tokenize", json=body) as response:
+                response.raise_for_status()
+                ids = (await response.json())["tokens"]
+            if len(ids) != 1:
+                problems.append(f"{token!r} is {len(ids)} tokens")
+        if not problems:
+            return ""
+        return (
+            f"engine.fim_template {template.name!r} does not fit this model's tokenizer: "
+            + "; ".join(problems)
+            + ". Choose the template of the model family (or `none`)."
+        )
+
+    def tokenizer_json(self) -> str | None:
+        """The model's tokenizer.json (for the gateway's token budgets), if it has one."""
+        engine = self.group.engine
+        source = engine.tokenizer or engine.model
+        local = Path(source).expanduser()
+        if local.is_dir():
+            path = local / "tokenizer.json"
+            return path.read_text(encoding="utf-8") if path.is_file() else None
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return None
+        cached = try_to_load_from_cache(source, "tokenizer.json")
+        return Path(cached).read_text(encoding="utf-8") if isinstance(cached, str) else None
+
     async def _probe_chat_template(self) -> bool:
         """A base model without a chat template answers chat with a 400."""
         body = {
@@ -137,6 +180,14 @@ class ReplicaActor:
                 models = await self._get_json("/v1/models")
                 self.max_model_len = int(models["data"][0].get("max_model_len") or 0) or None
                 self.has_chat_template = await self._probe_chat_template()
+                problem = await self._check_fim_tokens()
+                if problem:
+                    # A configuration error: restarting would fail the same way.
+                    self.fatal = True
+                    self.state = ReplicaState.FAILED
+                    self.message = problem
+                    await asyncio.to_thread(stop_engine, self.process)
+                    break
                 self.state = ReplicaState.READY
                 break
             if time.monotonic() > deadline:
@@ -159,7 +210,7 @@ class ReplicaActor:
                 self._failed_checks += 1
                 if self._failed_checks >= _UNHEALTHY_AFTER:
                     self.state = ReplicaState.UNHEALTHY
-        if self.state is ReplicaState.FAILED and self.process.poll() is not None:
+        if self.state is ReplicaState.FAILED and not self.fatal and self.process.poll() is not None:
             # A dead engine makes the actor exit so that Ray restarts it
             # (bounded by max_restarts); the controller sees RESTARTING.
             asyncio.get_running_loop().call_later(0.2, os._exit, 1)
@@ -172,6 +223,7 @@ class ReplicaActor:
             token=self.token,
             max_model_len=self.max_model_len,
             has_chat_template=self.has_chat_template,
+            fim_template=self.group.engine.fim_template,
             engine_pid=self.process.pid,
             node_ip=self.host,
             log_path=str(self.log_path),

@@ -29,6 +29,7 @@ class ReplicaInfo:
     token: str = field(default="", repr=False)
     max_model_len: int | None = None
     has_chat_template: bool = False
+    fim_template: str = "none"
     engine_pid: int | None = None
     node_ip: str = ""
     log_path: str = ""

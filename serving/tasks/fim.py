@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -9,6 +10,7 @@ from importlib import resources
 
 import yaml
 
+_PLACEHOLDER = re.compile(r"\{(prefix|suffix)\}")
 NO_FIM = "none"  # the model has no FIM format: prefix-only generation + suffix-aware trimming
 
 
@@ -21,8 +23,10 @@ class FimTemplate:
     stop: tuple[str, ...]
 
     def render(self, prefix: str, suffix: str) -> str:
-        # str.replace, not str.format: code is full of braces.
-        return self.template.replace("{prefix}", prefix).replace("{suffix}", suffix)
+        # Not str.format (code is full of braces), and one pass over the
+        # template only: "{suffix}" inside the user's code must stay as it is.
+        parts = {"prefix": prefix, "suffix": suffix}
+        return _PLACEHOLDER.sub(lambda match: parts[match.group(1)], self.template)
 
     @property
     def overhead_text(self) -> str:
@@ -141,8 +145,12 @@ def fit_to_budget(
         prefix_budget = budget - suffix_tokens
     elif prefix_tokens < prefix_budget:
         suffix_budget = budget - prefix_tokens
-    new_prefix = prefix if prefix_tokens <= prefix_budget else _keep_tail_lines(prefix, prefix_budget, count)
-    new_suffix = suffix if suffix_tokens <= suffix_budget else _keep_head_lines(suffix, suffix_budget, count)
+    new_prefix = (
+        prefix if prefix_tokens <= prefix_budget else _keep_tail_lines(prefix, prefix_budget, count)
+    )
+    new_suffix = (
+        suffix if suffix_tokens <= suffix_budget else _keep_head_lines(suffix, suffix_budget, count)
+    )
     return Trimmed(
         new_prefix,
         new_suffix,

@@ -44,6 +44,7 @@ def tiny_config(model_dir: Path, *, port: int, replicas: int, name: str = "tiny"
                     "max_model_len": 1024,
                     "cpu_kv_cache_gib": 1,
                     "max_num_seqs": 16,
+                    "fim_template": "seed-coder",
                 },
             }
         ],

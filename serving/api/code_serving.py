@@ -1,0 +1,277 @@
+"""Serving logic of /v1/code/*: completion at the cursor, repair, test generation."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from serving.api.code_protocol import (
+    CodeCompletionRequest,
+    CodeCompletionResponse,
+    CodeRepairRequest,
+    CodeRepairResponse,
+    CodeTestsRequest,
+    CodeTestsResponse,
+    LineRange,
+    TestFailureInfo,
+    Usage,
+)
+from serving.api.serving import resolve_model
+from serving.api.sse import DONE, guarded_stream, sse_event
+from serving.config import TasksConfig
+from serving.engines.dispatch import REPLICA_HEADER
+from serving.engines.registry import ModelStatus, ReplicaRegistry
+from serving.errors import BadRequestError
+from serving.sandbox import Sandbox
+from serving.tasks.completion import CodeCompleter
+from serving.tasks.languages import UnsupportedLanguage, resolve_language
+from serving.tasks.postprocess import choose_mode
+from serving.tasks.repair import Repairer
+from serving.tasks.testgen import TestWriter
+
+_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class CodeServing:
+    def __init__(
+        self,
+        config: TasksConfig,
+        registry: ReplicaRegistry,
+        completer: CodeCompleter,
+        sandbox: Sandbox,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.completer = completer
+        self.sandbox = sandbox
+        self.repairer = Repairer(completer, sandbox)
+        self.test_writer = TestWriter(completer, sandbox)
+
+    # ------------------------------------------------------------------ shared checks
+
+    def _model(self, name: str | None) -> ModelStatus:
+        if name is None:
+            models = self.registry.models()
+            if not models:
+                raise BadRequestError("No model is configured.", param="model")
+            return models[0]
+        return resolve_model(self.registry, name)
+
+    def _check_size(self, field: str, *texts: str | None) -> None:
+        size = sum(len(t.encode("utf-8")) for t in texts if t)
+        if size > self.config.max_code_bytes:
+            raise BadRequestError(
+                f"'{field}' is {size} bytes; this server accepts at most "
+                f"{self.config.max_code_bytes} bytes of code per request.",
+                param=field,
+                code="code_too_large",
+            )
+
+    @staticmethod
+    def _language(language: str | None, path: str | None) -> str:
+        try:
+            return resolve_language(language, path)
+        except UnsupportedLanguage as exc:
+            raise BadRequestError(str(exc), param="language", code="unsupported_language") from None
+
+    def _candidates(self, requested: int | None, default: int) -> int:
+        count = requested or default
+        if count > self.config.max_candidates:
+            raise BadRequestError(
+                f"Invalid value for 'n_candidates': at most {self.config.max_candidates}.",
+                param="n_candidates",
+            )
+        return count
+
+    # ------------------------------------------------------------------ completion
+
+    async def completion(self, request: CodeCompletionRequest) -> Response:
+        status = self._model(request.model)
+        self._check_size("prefix", request.prefix, request.suffix)
+        language = self._language(request.language, request.path)
+        max_tokens = request.max_tokens or self.config.completion_max_tokens
+        if max_tokens > self.config.completion_max_tokens_limit:
+            raise BadRequestError(
+                f"Invalid value for 'max_tokens': at most {self.config.completion_max_tokens_limit}.",
+                param="max_tokens",
+            )
+        mode = choose_mode(request.mode, request.prefix, request.suffix)
+        prepared = self.completer.prepare(
+            status,
+            prefix=request.prefix,
+            suffix=request.suffix,
+            language=language,
+            mode=mode,
+            max_tokens=max_tokens,
+            stop=request.stop,
+        )
+        sampling: dict[str, object] = {"temperature": request.temperature}
+        if request.top_p is not None:
+            sampling["top_p"] = request.top_p
+        if request.seed is not None:
+            sampling["seed"] = request.seed
+        run = await self.completer.start(prepared, sampling)
+        headers = {REPLICA_HEADER: run.replica.replica_id}
+        completion_id = f"cmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+
+        def answer(text: str, finish_reason: str) -> CodeCompletionResponse:
+            return CodeCompletionResponse(
+                id=completion_id,
+                created=created,
+                model=status.name,
+                text=text,
+                finish_reason=finish_reason,
+                mode=mode if mode != "none" else "block",
+                language=language,
+                fim="native" if prepared.fim_mode == "native" else "prefix-only",
+                prompt_trimmed=prepared.trimmed,
+                usage=Usage(
+                    prompt_tokens=run.prompt_tokens,
+                    completion_tokens=run.completion_tokens,
+                    total_tokens=run.prompt_tokens + run.completion_tokens,
+                ),
+            )
+
+        if not request.stream:
+            async for _ in run.deltas():
+                pass
+            return JSONResponse(
+                answer(run.texts[0], run.finish_reasons[0]).model_dump(), headers=headers
+            )
+
+        async def events() -> AsyncIterator[bytes]:
+            finish = "stop"
+            async for delta in run.deltas():
+                if delta.text:
+                    yield sse_event(
+                        {
+                            "id": completion_id,
+                            "object": "code.completion.chunk",
+                            "created": created,
+                            "model": status.name,
+                            "text": delta.text,
+                            "finish_reason": None,
+                        }
+                    )
+                if delta.finish_reason:
+                    finish = delta.finish_reason
+            final = answer("", finish).model_dump()
+            final["object"] = "code.completion.chunk"
+            yield sse_event(final)
+            yield DONE
+
+        return StreamingResponse(
+            guarded_stream(events()),
+            media_type="text/event-stream",
+            headers={**headers, **_STREAM_HEADERS},
+        )
+
+    # ------------------------------------------------------------------ repair
+
+    async def repair(self, request: CodeRepairRequest) -> CodeRepairResponse:
+        status = self._model(request.model)
+        self._check_size("code", request.code, request.test, request.error)
+        language = self._language(request.language, request.path)
+        if request.test is not None:
+            if language != "python":
+                raise BadRequestError(
+                    "'test' can only be run for Python code (pytest).", param="test"
+                )
+            self.sandbox.require()  # fail before spending GPU time, not after
+        result = await self.repairer.repair(
+            status,
+            code=request.code,
+            error=request.error,
+            language=language,
+            path=request.path,
+            test=request.test,
+            n_candidates=self._candidates(request.n_candidates, self.config.repair_candidates),
+            temperature=request.temperature,
+            seed=request.seed,
+            max_tokens=self.config.repair_max_tokens,
+        )
+        best = result.best
+        change = best.change
+        return CodeRepairResponse(
+            id=f"repair-{uuid.uuid4().hex}",
+            model=status.name,
+            fixed_code=best.code,
+            diff=change.diff if change else "",
+            location=LineRange(start=change.start, end=change.end) if change else None,
+            verified=best.verified,
+            syntax_ok=best.syntax_ok,
+            candidates_tried=result.tried,
+            test_output=best.report.output if best.report else None,
+            usage=Usage(
+                prompt_tokens=result.prompt_tokens,
+                completion_tokens=result.completion_tokens,
+                total_tokens=result.prompt_tokens + result.completion_tokens,
+            ),
+        )
+
+    # ------------------------------------------------------------------ tests
+
+    async def tests(self, request: CodeTestsRequest) -> CodeTestsResponse:
+        status = self._model(request.model)
+        self._check_size("code", request.code)
+        language = self._language(request.language, None)
+        if language != "python":
+            raise BadRequestError(
+                f"Test generation supports Python (pytest) only, not {language}.",
+                param="language",
+                code="unsupported_language",
+            )
+        if request.framework.lower() != "pytest":
+            raise BadRequestError(
+                f"framework {request.framework!r} is not supported; use 'pytest'.",
+                param="framework",
+            )
+        self.sandbox.require()
+        result = await self.test_writer.write(
+            status,
+            code=request.code,
+            strength=request.strength,
+            n_candidates=self._candidates(request.n_candidates, self.config.tests_candidates),
+            temperature=request.temperature,
+            seed=request.seed,
+            max_tokens=self.config.tests_max_tokens,
+            regenerations=self.config.tests_regenerations,
+        )
+        usage = Usage(
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            total_tokens=result.prompt_tokens + result.completion_tokens,
+        )
+        best = result.best
+        if best is None or best.report is None:
+            return CodeTestsResponse(
+                id=f"tests-{uuid.uuid4().hex}",
+                model=status.name,
+                tests="",
+                syntax_ok=False,
+                test_count=0,
+                passed=0,
+                passed_on_given_code=False,
+                failures=[
+                    TestFailureInfo(name="generation", message="no candidate parsed as a test file")
+                ],
+                candidates_tried=result.tried,
+                usage=usage,
+            )
+        report = best.report
+        return CodeTestsResponse(
+            id=f"tests-{uuid.uuid4().hex}",
+            model=status.name,
+            tests=best.source,
+            syntax_ok=True,
+            test_count=max(best.test_count, report.total),
+            passed=report.passed,
+            passed_on_given_code=report.ok,
+            failures=[TestFailureInfo(name=f.name, message=f.message) for f in report.failures],
+            candidates_tried=result.tried,
+            usage=usage,
+        )

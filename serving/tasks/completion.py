@@ -1,0 +1,247 @@
+"""Code completion: the prompt (FIM or prefix-only, within the token budget),
+one internal streaming generation, post-processed as it arrives and aborted
+as soon as the suggestion is complete (no GPU time spent on text we drop)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from serving.config import TasksConfig
+from serving.engines.dispatch import Dispatcher
+from serving.engines.registry import ModelStatus, ReplicaRegistry
+from serving.engines.sse import sse_events
+from serving.engines.types import ReplicaInfo
+from serving.errors import BadRequestError
+from serving.tasks.fim import fim_template, fit_to_budget
+from serving.tasks.postprocess import CompletionContext, Mode, StreamingPostProcessor
+
+_SPECIAL_OVERHEAD = 2  # BOS and friends the engine may add
+_MIN_PROMPT_BUDGET = 8
+_DEFAULT_CONTEXT = 2048
+
+
+@dataclass(frozen=True)
+class PreparedCompletion:
+    model: str
+    prompt: str
+    context: CompletionContext
+    max_tokens: int
+    stop: list[str]
+    stop_token_ids: list[int]
+    fim_mode: str  # "native" (the model's FIM template) or "prefix-only"
+    trimmed: bool
+    # Indentation typed before the cursor, held back from the prompt: models
+    # continue "...\n" far better than "...\n    " (the spaces would be split
+    # into odd tokens). The generation's own copy of it is dropped again.
+    healed: str = ""
+
+
+@dataclass
+class ChoiceDelta:
+    index: int
+    text: str
+    finish_reason: str | None = None
+
+
+@dataclass
+class CompletionRun:
+    """One generation in flight; iterate :meth:`deltas`, then read the counts."""
+
+    prepared: PreparedCompletion
+    replica: ReplicaInfo
+    upstream: aiohttp.ClientResponse
+    n: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    texts: dict[int, str] = field(default_factory=dict)
+    finish_reasons: dict[int, str] = field(default_factory=dict)
+
+    async def deltas(self) -> AsyncIterator[ChoiceDelta]:
+        processors = {i: StreamingPostProcessor(self.prepared.context) for i in range(self.n)}
+        healers = {i: _WhitespaceHealer(self.prepared.healed) for i in range(self.n)}
+        self.texts = dict.fromkeys(range(self.n), "")
+        try:
+            async for event in sse_events(self.upstream):
+                if event.get("usage") and not event.get("choices"):
+                    continue
+                for choice in event.get("choices", []):
+                    index = int(choice.get("index", 0))
+                    self.completion_tokens += len(choice.get("token_ids") or ())
+                    if not self.prompt_tokens and choice.get("prompt_token_ids"):
+                        self.prompt_tokens = len(choice["prompt_token_ids"])
+                    if index in self.finish_reasons or index not in processors:
+                        continue
+                    processor = processors[index]
+                    reason = choice.get("finish_reason")
+                    raw = healers[index].feed(choice.get("text") or "", final=bool(reason))
+                    text = processor.feed(raw)
+                    if processor.done:
+                        reason = "stop"
+                    elif reason:
+                        text += processor.finish()
+                    if text or reason:
+                        self.texts[index] += text
+                        if reason:
+                            self.finish_reasons[index] = reason
+                        yield ChoiceDelta(index, text, reason)
+                if len(self.finish_reasons) == self.n:
+                    break  # every suggestion is complete: stop generating
+        finally:
+            if self.upstream.content.at_eof():
+                self.upstream.release()  # keep the connection for the next request
+            else:
+                self.upstream.close()  # the engine aborts a request whose client left
+        for index, processor in processors.items():
+            if index not in self.finish_reasons:  # stream ended without a reason
+                processor.feed(healers[index].feed("", final=True))
+                text = processor.finish()
+                self.texts[index] += text
+                self.finish_reasons[index] = "stop"
+                yield ChoiceDelta(index, text, "stop")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.upstream.close()
+
+
+class _WhitespaceHealer:
+    """Re-attaches a generation to the cursor when the prompt's trailing
+    whitespace (newlines + indentation) was held back: the generation's
+    leading blank lines go, and of the indentation of its first line only
+    the model's is kept, and only when the user has typed none (column 0)."""
+
+    def __init__(self, healed: str) -> None:
+        self.indent = healed.rsplit("\n", 1)[-1]
+        self.pending = ""
+        self.settled = not healed
+
+    def feed(self, text: str, *, final: bool = False) -> str:
+        if self.settled:
+            return text
+        self.pending += text
+        first = len(self.pending) - len(self.pending.lstrip())
+        if first == len(self.pending) and not final:
+            return ""  # only whitespace so far
+        self.settled = True
+        line_start = self.pending.rfind("\n", 0, first) + 1
+        # The user's indentation wins; at column 0 the model's is kept.
+        indent = "" if self.indent else self.pending[line_start:first]
+        out, self.pending = indent + self.pending[first:], ""
+        return out
+
+
+class CodeCompleter:
+    def __init__(
+        self, dispatcher: Dispatcher, registry: ReplicaRegistry, config: TasksConfig
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.registry = registry
+        self.config = config
+
+    def prepare(
+        self,
+        status: ModelStatus,
+        *,
+        prefix: str,
+        suffix: str,
+        language: str | None,
+        mode: Mode,
+        max_tokens: int,
+        stop: list[str] | None = None,
+    ) -> PreparedCompletion:
+        template = fim_template(status.fim_template)
+        counter = self.registry.token_counter(status.name)
+        context_len = status.max_model_len or _DEFAULT_CONTEXT
+        overhead = _SPECIAL_OVERHEAD + (counter.count(template.overhead_text) if template else 0)
+        budget = context_len - max_tokens - overhead
+        if budget < _MIN_PROMPT_BUDGET:
+            raise BadRequestError(
+                f"max_tokens={max_tokens} leaves no room for the code in the model's "
+                f"{context_len}-token context.",
+                param="max_tokens",
+            )
+        # Heal when the cursor sits on a blank (or indentation-only) line:
+        # send the prefix up to its last code character.
+        stripped = prefix.rstrip()
+        healed = prefix[len(stripped) :] if stripped and "\n" in prefix[len(stripped) :] else ""
+        prefix_sent = prefix[: len(prefix) - len(healed)] if healed else prefix
+        sent_suffix = suffix if template else ""
+        if len(prefix_sent.encode()) + len(sent_suffix.encode()) <= budget:
+            kept_prefix, kept_suffix, trimmed = prefix_sent, sent_suffix, False  # fits for sure
+        else:
+            fitted = fit_to_budget(
+                prefix_sent,
+                sent_suffix,
+                budget=budget,
+                count=counter.count,
+                prefix_share=self.config.fim_prefix_share,
+            )
+            kept_prefix, kept_suffix, trimmed = fitted.prefix, fitted.suffix, fitted.trimmed
+        prompt = template.render(kept_prefix, kept_suffix) if template else kept_prefix
+        user_stop = list(stop or [])
+        engine_stop = list(user_stop)
+        stop_ids: list[int] = []
+        for token in template.stop if template else ():
+            token_id = counter.token_id(token)
+            if token_id is not None:
+                stop_ids.append(token_id)  # special tokens are not in the detokenized text
+            else:
+                engine_stop.append(token)
+        context = CompletionContext(
+            prefix=kept_prefix + healed,
+            suffix=suffix,
+            language=language,
+            mode=mode,
+            stop=tuple(user_stop) + (template.stop if template else ()),
+        )
+        return PreparedCompletion(
+            model=status.name,
+            prompt=prompt,
+            context=context,
+            max_tokens=max_tokens,
+            stop=engine_stop,
+            stop_token_ids=stop_ids,
+            fim_mode="native" if template else "prefix-only",
+            trimmed=trimmed,
+            healed=healed,
+        )
+
+    async def start(
+        self,
+        prepared: PreparedCompletion,
+        sampling: dict[str, Any],
+        *,
+        n: int = 1,
+        priority: int = 0,
+    ) -> CompletionRun:
+        payload: dict[str, Any] = {
+            **sampling,
+            "model": prepared.model,
+            "prompt": prepared.prompt,
+            "max_tokens": prepared.max_tokens,
+            "n": n,
+            "stream": True,
+            "return_token_ids": True,
+            "skip_special_tokens": True,
+            "priority": priority,
+        }
+        if prepared.stop:
+            payload["stop"] = prepared.stop[:16]
+        if prepared.stop_token_ids:
+            payload["stop_token_ids"] = prepared.stop_token_ids
+        upstream, replica = await self.dispatcher.open(prepared.model, "/v1/completions", payload)
+        return CompletionRun(prepared=prepared, replica=replica, upstream=upstream, n=n)
+
+    async def complete(
+        self, prepared: PreparedCompletion, sampling: dict[str, Any], *, n: int = 1
+    ) -> CompletionRun:
+        """Run to the end (non-streaming callers)."""
+        run = await self.start(prepared, sampling, n=n)
+        async for _ in run.deltas():
+            pass
+        return run

@@ -1,0 +1,40 @@
+"""Counting tokens in the gateway (for budgets), with the served model's tokenizer."""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger("seed_serve.tokens")
+
+
+class TokenCounter:
+    """Exact counts from the model's ``tokenizer.json``; without one, the UTF-8
+    byte length, an upper bound for byte-level BPE tokenizers (budgets stay safe)."""
+
+    def __init__(self, tokenizer_json: str | None = None) -> None:
+        self._tokenizer = None
+        if tokenizer_json:
+            try:
+                from tokenizers import Tokenizer
+
+                self._tokenizer = Tokenizer.from_str(tokenizer_json)
+            except Exception as exc:  # a tokenizer we cannot load: fall back, loudly
+                logger.warning("cannot load tokenizer.json (%s); counting bytes instead", exc)
+
+    @property
+    def exact(self) -> bool:
+        return self._tokenizer is not None
+
+    def count(self, text: str) -> int:
+        if not text:
+            return 0
+        if self._tokenizer is None:
+            return len(text.encode("utf-8"))
+        return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def token_id(self, token: str) -> int | None:
+        """The id of a single (special) token, if the tokenizer has it."""
+        if self._tokenizer is None:
+            return None
+        value = self._tokenizer.token_to_id(token)
+        return int(value) if value is not None else None
