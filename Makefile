@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 EXTRA  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 DEMO_MODEL := $(or $(SEED_SERVE_HOME),$(HOME)/.cache/seed-serve)/models/smollm2-135m-instruct/.seed-serve-complete
 
-.PHONY: run test install install-dev demo-model lint typecheck clean
+.PHONY: run test install install-dev demo-model sandbox-tools lint typecheck clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,10 +40,22 @@ $(DEMO_MODEL): | $(VENV)/.installed-$(EXTRA)
 
 demo-model: $(DEMO_MODEL)
 
-run: install demo-model
+# Code tasks run generated code only inside bubblewrap; install it where we can
+# (Debian/Ubuntu as root). Without it the gateway refuses to run code (503).
+sandbox-tools:
+	@command -v bwrap >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing bubblewrap (sandbox for generated code)"; \
+			apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+			{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null; }; \
+		else \
+			echo "WARNING: bubblewrap (bwrap) is missing: install it (e.g. apt-get install bubblewrap) for code tasks"; \
+		fi; }
+
+run: install demo-model sandbox-tools
 	$(VENV)/bin/seed-serve up $(ARGS)
 
-test: install-dev demo-model
+test: install-dev demo-model sandbox-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install-dev

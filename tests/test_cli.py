@@ -218,3 +218,21 @@ def test_engines_refuse_anyone_but_the_gateway(tiny_stack: SeedServeProcess) -> 
             replica["url"] + "/v1/models", headers={"Authorization": f"Bearer {replica['token']}"}
         )
         assert allowed.status_code == 200
+
+
+def test_fim_template_that_does_not_fit_the_tokenizer_stops_start_up(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Starcoder's FIM tokens are not single tokens of the tiny model: start-up stops, clearly."""
+    config = tiny_config(tiny_model_dir, port=free_port(), replicas=1)
+    config["replica_groups"][0]["engine"]["fim_template"] = "starcoder"
+    config["replica_groups"][0]["max_restarts"] = 0
+    stack = SeedServeProcess("up", config, tmp_path)
+    try:
+        code = stack.process.wait(timeout=600)
+        log = stack.log()
+        assert code == 1, log[-3000:]
+        assert "engine.fim_template 'starcoder' does not fit this model's tokenizer" in log
+        assert "'<fim_prefix>' is" in log
+    finally:
+        stack.kill_tree()

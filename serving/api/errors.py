@@ -74,6 +74,8 @@ def validation_message(errors: list[Any]) -> tuple[str, str | None]:
         return f"Unrecognized request argument supplied: {param}", param
     if kind == "missing":
         return f"Missing required parameter: '{param}'.", param
+    if kind == "string_unicode":
+        return f"Invalid value for '{param}': must be valid UTF-8 text.", param
     message = str(first.get("msg", "invalid value"))
     message = message.removeprefix("Value error, ")
     return f"Invalid value for '{param}': {message}.", param

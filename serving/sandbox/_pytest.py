@@ -95,6 +95,8 @@ async def run_pytest(
             test_file,
         ],
         collect=(REPORT_FILE,),
+        # Only our report plugin: whatever else is installed stays out.
+        env={"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
     )
     report = PytestReport(
         timed_out=result.timed_out,

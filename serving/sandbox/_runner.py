@@ -83,11 +83,13 @@ class Sandbox:
         args: list[str],
         *,
         collect: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> SandboxResult:
-        """Write ``files`` into a fresh work dir and run ``python args...`` there."""
+        """Write ``files`` into a fresh work dir and run ``python args...`` there
+        (``env``: extra variables; the environment is otherwise empty)."""
         isolation = self.require()
         async with self._slots:
-            return await asyncio.to_thread(self._run, isolation, files, args, collect)
+            return await asyncio.to_thread(self._run, isolation, files, args, collect, env or {})
 
     # ------------------------------------------------------------------ internals
 
@@ -106,7 +108,12 @@ class Sandbox:
             resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
 
     def _run(
-        self, isolation: Isolation, files: dict[str, str], args: list[str], collect: tuple[str, ...]
+        self,
+        isolation: Isolation,
+        files: dict[str, str],
+        args: list[str],
+        collect: tuple[str, ...],
+        extra_env: dict[str, str],
     ) -> SandboxResult:
         workdir = Path(tempfile.mkdtemp(prefix="seed-serve-sandbox-"))
         outdir = Path(tempfile.mkdtemp(prefix="seed-serve-sandbox-out-"))
@@ -124,6 +131,7 @@ class Sandbox:
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "PYTHONNOUSERSITE": "1",
                 "PYTHONHASHSEED": "0",
+                **extra_env,
             }
             if isolation.kind == "bwrap":
                 argv = [

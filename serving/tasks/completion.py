@@ -5,7 +5,7 @@ as soon as the suggestion is complete (no GPU time spent on text we drop)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +61,7 @@ class CompletionRun:
     texts: dict[int, str] = field(default_factory=dict)
     finish_reasons: dict[int, str] = field(default_factory=dict)
 
-    async def deltas(self) -> AsyncIterator[ChoiceDelta]:
+    async def deltas(self) -> AsyncGenerator[ChoiceDelta, None]:
         processors = {i: StreamingPostProcessor(self.prepared.context) for i in range(self.n)}
         healers = {i: _WhitespaceHealer(self.prepared.healed) for i in range(self.n)}
         self.texts = dict.fromkeys(range(self.n), "")
@@ -183,6 +183,8 @@ class CodeCompleter:
             )
             kept_prefix, kept_suffix, trimmed = fitted.prefix, fitted.suffix, fitted.trimmed
         prompt = template.render(kept_prefix, kept_suffix) if template else kept_prefix
+        if not prompt:
+            prompt = "\n"  # start of an empty file, no FIM: engines refuse an empty prompt
         user_stop = list(stop or [])
         engine_stop = list(user_stop)
         stop_ids: list[int] = []

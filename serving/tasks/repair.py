@@ -131,8 +131,8 @@ class Repairer:
                 header_end = function.body[0].lineno - 1 if function.body else function.lineno
                 end = function.end_lineno or function.lineno
                 head = "\n".join(lines[:header_end]) + "\n"
-                tail = "\n".join(lines[end:])
-                plans.append(("function", head, "\n" + tail if tail else "", "block", head))
+                rest = "\n" + "\n".join(lines[end:]) if lines[end:] else ""
+                plans.append(("function", head, rest, "block", head))
         plans.append(("file", *self._file_prompt(code, error, language, path), "none", ""))
 
         sem_n = max(n_candidates, 1)
