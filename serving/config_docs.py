@@ -15,7 +15,9 @@ from serving.config import (
     GatewayConfig,
     RayConfig,
     ReplicaGroupConfig,
+    SandboxConfig,
     ServingConfig,
+    TasksConfig,
 )
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -23,6 +25,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("ray", RayConfig),
     ("replica_groups[]", ReplicaGroupConfig),
     ("replica_groups[].engine", EngineConfig),
+    ("tasks", TasksConfig),
+    ("sandbox", SandboxConfig),
 ]
 
 

@@ -1,0 +1,196 @@
+"""API keys and tenants: the keys file (hashes only), and checking a presented key.
+
+A secret looks like ``sk-seed-<key id>-<43 random characters>``. The file keeps
+its SHA-256 and never the secret; the key id inside the secret finds the
+record, and the digests are compared in constant time. Secrets are 256-bit
+random, so a fast hash is enough (nothing to brute-force).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import ipaddress
+import os
+import re
+import secrets
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from serving.errors import ConfigError
+
+SECRET_PREFIX = "sk-seed-"
+_SECRET = re.compile(r"^sk-seed-(?P<key_id>[a-f0-9]{12})-(?P<random>[A-Za-z0-9_-]{43})$")
+Role = Literal["user", "admin"]
+
+
+def _check_cidrs(values: list[str]) -> list[str]:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP network (CIDR)") from None
+    return values
+
+
+class Limits(BaseModel):
+    """Quotas of a key or a tenant (null: no limit at this level)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute.")
+    tpm: int | None = Field(default=None, ge=1, description="Prompt + completion tokens per minute.")
+    max_concurrency: int | None = Field(default=None, ge=1, description="Requests in flight at once.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Largest max_tokens per request.")
+    max_prompt_tokens: int | None = Field(default=None, ge=1, description="Largest prompt per request.")
+    max_n: int | None = Field(default=None, ge=1, description="Largest n per request.")
+
+
+class TenantRecord(Limits):
+    allowed_cidrs: list[str] = Field(
+        default_factory=list, description="Client networks allowed (empty: any)."
+    )
+
+    _cidrs = field_validator("allowed_cidrs")(_check_cidrs)
+
+
+class KeyRecord(Limits):
+    id: str = Field(pattern=r"^[a-f0-9]{12}$")
+    sha256: str = Field(pattern=r"^[a-f0-9]{64}$")
+    tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: str = Field(min_length=1, max_length=128)
+    role: Role = "user"
+    created: dt.datetime
+    expires: dt.datetime | None = None
+    revoked: bool = False
+    allowed_cidrs: list[str] = Field(default_factory=list)
+
+    _cidrs = field_validator("allowed_cidrs")(_check_cidrs)
+
+    def expired(self, now: dt.datetime) -> bool:
+        return self.expires is not None and now >= self.expires
+
+
+class KeysFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    tenants: dict[str, TenantRecord] = Field(default_factory=dict)
+    keys: list[KeyRecord] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key and its tenant (limits already merged)."""
+
+    key: KeyRecord
+    tenant_name: str
+    tenant: TenantRecord
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> tuple[str, str]:
+    """(key id, secret)."""
+    key_id = secrets.token_hex(6)
+    return key_id, f"{SECRET_PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
+
+
+def load_keys_file(path: Path) -> KeysFile:
+    """Parse and validate; raises ConfigError naming the problem."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        return KeysFile()
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(str(path), f"cannot read the keys file: {exc}") from None
+    try:
+        return KeysFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(str(path), f"{where}: {first['msg']}") from None
+
+
+def save_keys_file(path: Path, keys: KeysFile) -> None:
+    """Atomically, readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = keys.model_dump(mode="json", exclude_none=True)
+    fd, tmp = tempfile.mkstemp(prefix=".keys-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(data, handle, sort_keys=False)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def create_key(
+    path: Path,
+    *,
+    tenant: str,
+    name: str,
+    role: Role = "user",
+    expires: dt.datetime | None = None,
+    limits: dict[str, Any] | None = None,
+) -> tuple[KeyRecord, str]:
+    """Add a key to the file; return its record and the secret (shown once)."""
+    keys = load_keys_file(path)
+    key_id, secret = new_secret()
+    record = KeyRecord(
+        id=key_id,
+        sha256=digest(secret),
+        tenant=tenant,
+        name=name,
+        role=role,
+        created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0),
+        expires=expires,
+        **(limits or {}),
+    )
+    keys.keys.append(record)
+    keys.tenants.setdefault(tenant, TenantRecord())
+    save_keys_file(path, keys)
+    return record, secret
+
+
+def revoke_key(path: Path, key_id: str) -> KeyRecord:
+    keys = load_keys_file(path)
+    for record in keys.keys:
+        if record.id == key_id:
+            record.revoked = True
+            save_keys_file(path, keys)
+            return record
+    raise ConfigError("key", f"no key with id {key_id!r} in {path}")
+
+
+class KeyStore:
+    """The keys the gateway accepts (one immutable snapshot, swapped on reload)."""
+
+    def __init__(self, keys: KeysFile) -> None:
+        self.file = keys
+        self._by_id = {record.id: record for record in keys.keys}
+
+    def authenticate(self, presented: str, now: dt.datetime | None = None) -> Principal | None:
+        """The principal of a valid, unexpired, unrevoked key; None otherwise."""
+        match = _SECRET.match(presented)
+        # Compare against a record's digest even for malformed or unknown keys,
+        # so the time taken says nothing about which part was wrong.
+        record = self._by_id.get(match.group("key_id")) if match else None
+        expected = record.sha256 if record is not None else "0" * 64
+        valid = hmac.compare_digest(digest(presented), expected)
+        if record is None or not valid or record.revoked:
+            return None
+        if record.expired(now or dt.datetime.now(dt.timezone.utc)):
+            return None
+        tenant = self.file.tenants.get(record.tenant, TenantRecord())
+        return Principal(key=record, tenant_name=record.tenant, tenant=tenant)
