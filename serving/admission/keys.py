@@ -45,10 +45,18 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rpm: int | None = Field(default=None, ge=1, description="Requests per minute.")
-    tpm: int | None = Field(default=None, ge=1, description="Prompt + completion tokens per minute.")
-    max_concurrency: int | None = Field(default=None, ge=1, description="Requests in flight at once.")
-    max_tokens: int | None = Field(default=None, ge=1, description="Largest max_tokens per request.")
-    max_prompt_tokens: int | None = Field(default=None, ge=1, description="Largest prompt per request.")
+    tpm: int | None = Field(
+        default=None, ge=1, description="Prompt + completion tokens per minute."
+    )
+    max_concurrency: int | None = Field(
+        default=None, ge=1, description="Requests in flight at once."
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Largest max_tokens per request."
+    )
+    max_prompt_tokens: int | None = Field(
+        default=None, ge=1, description="Largest prompt per request."
+    )
     max_n: int | None = Field(default=None, ge=1, description="Largest n per request.")
 
 

@@ -1,0 +1,30 @@
+"""Seed Serve's configuration: one YAML file < ``SEED_SERVE_*`` env < CLI flags.
+
+Every field has a description and a validator; unknown (renamed, misspelled)
+keys fail loudly. The pydantic defaults *are* the embedded default
+(``deploy/config/cpu-demo.yaml`` spells them out).
+"""
+
+from serving.config._engines import (
+    MANAGED_ENGINE_ARGS,
+    EngineConfig,
+    RayConfig,
+    ReplicaGroupConfig,
+)
+from serving.config._gateway import GatewayConfig, SandboxConfig, TasksConfig
+from serving.config._loading import ENV_PREFIX, dump_config, load_config
+from serving.config._model import ServingConfig
+
+__all__ = [
+    "ENV_PREFIX",
+    "MANAGED_ENGINE_ARGS",
+    "EngineConfig",
+    "GatewayConfig",
+    "RayConfig",
+    "ReplicaGroupConfig",
+    "SandboxConfig",
+    "ServingConfig",
+    "TasksConfig",
+    "dump_config",
+    "load_config",
+]

@@ -1,0 +1,133 @@
+"""Config of the gateway process: HTTP, code tasks, the sandbox."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from serving.config._base import Strict
+
+
+class GatewayConfig(Strict):
+    """The OpenAI-compatible HTTP front door."""
+
+    host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Listen address; loopback by default (0.0.0.0 exposes it to the network).",
+    )
+    port: int = Field(default=8000, ge=1, le=65535, description="Listen port.")
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="Largest request body accepted (413 above).",
+    )
+    max_n: int = Field(default=8, ge=1, le=128, description="Largest `n` (choices) per request.")
+    connect_timeout_s: float = Field(
+        default=5.0, gt=0.0, le=600.0, description="Seconds to connect to an engine."
+    )
+    request_timeout_s: float = Field(
+        default=600.0, gt=0.0, le=86_400.0, description="Seconds a whole request may take."
+    )
+    replica_refresh_interval_s: float = Field(
+        default=1.0,
+        gt=0.0,
+        le=300.0,
+        description="How often the gateway refreshes the replica list from Ray.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level of the gateway."
+    )
+
+
+class TasksConfig(Strict):
+    """The code tasks: completion, repair, test generation."""
+
+    fim_prefix_share: float = Field(
+        default=0.7,
+        ge=0.1,
+        le=0.95,
+        description="Share of the prompt budget kept for the prefix when prefix + suffix "
+        "+ max_tokens exceed the context (the suffix gets the rest).",
+    )
+    completion_max_tokens: int = Field(
+        default=64, ge=1, le=4096, description="Default max_tokens of /v1/code/completions."
+    )
+    completion_max_tokens_limit: int = Field(
+        default=512, ge=1, le=32768, description="Largest max_tokens /v1/code/completions accepts."
+    )
+    max_code_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest code (prefix + suffix, or code + test) a code task accepts (400 above).",
+    )
+    repair_candidates: int = Field(
+        default=4, ge=1, le=16, description="Default number of repair candidates generated."
+    )
+    repair_max_tokens: int = Field(
+        default=384, ge=16, le=8192, description="Tokens a repair candidate may take."
+    )
+    tests_candidates: int = Field(
+        default=2, ge=1, le=16, description="Default number of test-file candidates generated."
+    )
+    tests_max_tokens: int = Field(
+        default=512, ge=32, le=8192, description="Tokens a light test file may take (thorough: 2x)."
+    )
+    tests_regenerations: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Extra rounds when no candidate parses (bounded regeneration).",
+    )
+    max_candidates: int = Field(
+        default=8, ge=1, le=32, description="Largest n_candidates a request may ask for."
+    )
+
+
+class SandboxConfig(Strict):
+    """Where generated or user-supplied code runs (never in the gateway)."""
+
+    isolation: Literal["auto", "bwrap", "unshare", "none"] = Field(
+        default="auto",
+        description="auto: bubblewrap, else unshare namespaces; `none` runs unisolated and "
+        "needs allow_unisolated.",
+    )
+    bwrap: str = Field(
+        default="bwrap",
+        min_length=1,
+        description="The bubblewrap program (name on PATH or absolute path).",
+    )
+    allow_unisolated: bool = Field(
+        default=False,
+        description="Allow running code without namespaces when no isolation is available "
+        "(otherwise code tasks fail closed with 503).",
+    )
+    timeout_s: float = Field(default=20.0, gt=0, le=600, description="Wall-clock limit of one run.")
+    cpu_seconds: int = Field(default=10, ge=1, le=600, description="CPU-time limit (RLIMIT_CPU).")
+    memory_mb: int = Field(
+        default=1024, ge=64, le=65536, description="Address-space limit (RLIMIT_AS) in MiB."
+    )
+    max_processes: int = Field(
+        default=32, ge=1, le=4096, description="Process/thread limit inside the sandbox."
+    )
+    max_file_mb: int = Field(
+        default=16, ge=1, le=4096, description="Largest file the code may write (RLIMIT_FSIZE)."
+    )
+    max_open_files: int = Field(
+        default=64, ge=16, le=65536, description="Open-file limit (RLIMIT_NOFILE)."
+    )
+    max_output_bytes: int = Field(
+        default=64 * 1024, ge=1024, le=16 * 1024 * 1024, description="Output kept per stream."
+    )
+    concurrency: int = Field(
+        default=2, ge=1, le=256, description="Sandbox runs at once per gateway process."
+    )
+
+    @model_validator(mode="after")
+    def _none_needs_consent(self) -> SandboxConfig:
+        if self.isolation == "none" and not self.allow_unisolated:
+            raise ValueError("isolation `none` needs allow_unisolated: true")
+        return self

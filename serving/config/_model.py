@@ -1,0 +1,43 @@
+"""The whole configuration of one deployment."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from serving.config._base import Strict
+from serving.config._engines import RayConfig, ReplicaGroupConfig
+from serving.config._gateway import GatewayConfig, SandboxConfig, TasksConfig
+
+
+class ServingConfig(Strict):
+    """The whole configuration of one Seed Serve deployment."""
+
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="The HTTP gateway.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="The Ray cluster.")
+    tasks: TasksConfig = Field(
+        default_factory=TasksConfig, description="Code completion, repair, test generation."
+    )
+    sandbox: SandboxConfig = Field(
+        default_factory=SandboxConfig, description="Isolated execution of code."
+    )
+    replica_groups: list[ReplicaGroupConfig] = Field(
+        default_factory=lambda: [ReplicaGroupConfig()],
+        min_length=1,
+        description="Engine replica groups; several groups may serve different models.",
+    )
+
+    @field_validator("replica_groups")
+    @classmethod
+    def _unique_names(cls, groups: list[ReplicaGroupConfig]) -> list[ReplicaGroupConfig]:
+        seen: set[str] = set()
+        for group in groups:
+            if group.name in seen:
+                raise ValueError(f"group name {group.name!r} is used twice")
+            seen.add(group.name)
+        if sum(group.replicas for group in groups) < 1:
+            raise ValueError("at least one replica is needed")
+        return groups
+
+    def models(self) -> list[str]:
+        """Served model names, in config order, without repeats."""
+        return list(dict.fromkeys(g.engine.served_model_name for g in self.replica_groups))
