@@ -88,6 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--target", type=Path, help="Where to build it (default: the cache).")
     demo.add_argument("--force", action="store_true", help="Rebuild even if it exists.")
 
+    keys = commands.add_parser("keys", help="API keys: create, list, revoke.")
+    keys.add_argument(
+        "--config",
+        default=os.environ.get("SEED_SERVE_CONFIG"),
+        help="Config whose auth.keys_file to edit (default: the embedded default's).",
+    )
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="Create a key; prints the secret once.")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--name", required=True)
+    create.add_argument("--role", choices=["user", "admin"], default="user")
+    create.add_argument("--expires", help="Expiry date (YYYY-MM-DD or ISO 8601, UTC).")
+    for flag in ("rpm", "tpm", "max-concurrency", "max-tokens", "max-prompt-tokens", "max-n"):
+        create.add_argument(f"--{flag}", type=int, help=f"Key limit: {flag}.")
+    key_commands.add_parser("list", help="List keys (never secrets).")
+    revoke = key_commands.add_parser("revoke", help="Revoke a key by id.")
+    revoke.add_argument("key_id")
+
     commands.add_parser("version", help="Print the version.")
     return parser
 
@@ -110,6 +128,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "version":
         print(f"seed-serve {__version__}")
         return 0
+    if args.command == "keys":
+        return _keys(args)
     if args.command == "demo-model":
         from serving.demo_model import build_demo_model
 
@@ -130,6 +150,62 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "up":
         return run_up(config)
     return run_gateway(config)
+
+
+def _keys(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from serving.admission.keys import create_key, load_keys_file, revoke_key
+
+    config = load_config(args.config, env=os.environ)
+    path = Path(config.auth.keys_file).expanduser()
+    if args.keys_command == "create":
+        expires = None
+        if args.expires:
+            try:
+                expires = dt.datetime.fromisoformat(args.expires)
+            except ValueError:
+                raise ConfigError("--expires", f"{args.expires!r} is not a date") from None
+            if expires.tzinfo is None:
+                expires = expires.replace(tzinfo=dt.timezone.utc)
+        limits = {
+            name: getattr(args, name)
+            for name in (
+                "rpm",
+                "tpm",
+                "max_concurrency",
+                "max_tokens",
+                "max_prompt_tokens",
+                "max_n",
+            )
+            if getattr(args, name) is not None
+        }
+        record, secret = create_key(
+            path, tenant=args.tenant, name=args.name, role=args.role, expires=expires, limits=limits
+        )
+        print(secret)
+        print(
+            f"key {record.id} for tenant {record.tenant} ({record.role}) saved to {path}; "
+            "the secret above is shown only now.",
+            file=sys.stderr,
+        )
+        return 0
+    if args.keys_command == "list":
+        keys = load_keys_file(path)
+        print(f"{'ID':12}  {'TENANT':16}  {'NAME':24}  {'ROLE':5}  {'STATE':8}  EXPIRES")
+        now = dt.datetime.now(dt.timezone.utc)
+        for record in keys.keys:
+            state = (
+                "revoked" if record.revoked else ("expired" if record.expired(now) else "active")
+            )
+            expiry = record.expires.isoformat() if record.expires else "-"
+            print(
+                f"{record.id:12}  {record.tenant:16}  {record.name:24}  {record.role:5}  {state:8}  {expiry}"
+            )
+        return 0
+    record = revoke_key(path, args.key_id)
+    print(f"revoked key {record.id} ({record.tenant}/{record.name})")
+    return 0
 
 
 if __name__ == "__main__":

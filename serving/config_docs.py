@@ -11,11 +11,16 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from serving.config import (
+    AdmissionConfig,
+    AuditConfig,
+    AuthConfig,
     EngineConfig,
     GatewayConfig,
     RayConfig,
     ReplicaGroupConfig,
     SandboxConfig,
+    LimitsConfig,
+    QuotaConfig,
     ServingConfig,
     TasksConfig,
 )
@@ -27,6 +32,11 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("replica_groups[].engine", EngineConfig),
     ("tasks", TasksConfig),
     ("sandbox", SandboxConfig),
+    ("auth", AuthConfig),
+    ("audit", AuditConfig),
+    ("quotas", QuotaConfig),
+    ("quotas.key_defaults / quotas.tenant_defaults", LimitsConfig),
+    ("admission", AdmissionConfig),
 ]
 
 
@@ -66,7 +76,7 @@ def config_reference() -> str:
             "|---|---|---|---|",
         ]
         for name, field in model.model_fields.items():
-            if name == "engine" or (model is ServingConfig):
+            if name in ("engine", "key_defaults", "tenant_defaults") or (model is ServingConfig):
                 continue
             description = (field.description or "").replace("|", "\\|")
             type_name = _type_name(field.annotation).replace("|", "\\|")

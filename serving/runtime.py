@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -82,32 +83,86 @@ def configure_logging(level: str) -> None:
 # --------------------------------------------------------------------------- ray
 
 
-def _uvicorn_server(config: ServingConfig, app: Any) -> Any:
+def _uvicorn_server(app: Any, host: str, port: int, log_level: str, *, signals: bool) -> Any:
     import uvicorn
 
     class GatewayServer(uvicorn.Server):
         """uvicorn re-raises SIGTERM/SIGINT once it has shut down, so the process
         dies of the signal; we still have replicas to stop after that, and a
-        requested stop is a clean exit (0)."""
+        requested stop is a clean exit (0). A second server in the same process
+        (the metrics port) leaves the signals to the main one."""
 
         def handle_exit(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
             self._captured_signals.clear()
 
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            if signals:
+                with super().capture_signals():
+                    yield
+            else:
+                yield
+
     return GatewayServer(
         uvicorn.Config(
             app,
-            host=config.gateway.host,
-            port=config.gateway.port,
+            host=host,
+            port=port,
             loop="uvloop",
             http="httptools",
-            log_level=config.gateway.log_level,
+            log_level=log_level,
             access_log=False,
             log_config=None,
             lifespan="on",
             timeout_graceful_shutdown=30,
         )
     )
+
+
+async def _serve(
+    config: ServingConfig,
+    registry: ReplicaRegistry,
+    *,
+    on_started: Callable[[Any], Coroutine[Any, Any, None]] | None = None,
+) -> int:
+    """The gateway (and its metrics port, if configured) until a signal stops it."""
+    from serving.api.app import build_app, build_metrics_app
+    from serving.observability.metrics import GatewayMetrics
+
+    metrics = GatewayMetrics()
+    gateway = config.gateway
+    server = _uvicorn_server(
+        build_app(config, registry, metrics=metrics),
+        gateway.host,
+        gateway.port,
+        gateway.log_level,
+        signals=True,
+    )
+    server.exit_code = 0
+    helpers: list[asyncio.Task[Any]] = []
+    metrics_server = None
+    if gateway.metrics_port is not None:
+        metrics_server = _uvicorn_server(
+            build_metrics_app(metrics),
+            gateway.metrics_host,
+            gateway.metrics_port,
+            "warning",
+            signals=False,
+        )
+        metrics_task = asyncio.create_task(metrics_server.serve())
+    if on_started is not None:
+        helpers.append(asyncio.create_task(on_started(server)))
+    try:
+        await server.serve()
+    finally:
+        for task in helpers:
+            task.cancel()
+        if metrics_server is not None:
+            metrics_server.should_exit = True  # it finishes by itself
+            helpers.append(metrics_task)
+        await asyncio.gather(*helpers, return_exceptions=True)
+    return int(server.exit_code)
 
 
 def _gateway_url(config: ServingConfig) -> str:
@@ -119,21 +174,32 @@ def _gateway_url(config: ServingConfig) -> str:
     return f"http://{host}:{config.gateway.port}/v1"
 
 
-def ready_snippet(config: ServingConfig, replicas: list[ReplicaInfo]) -> str:
+def ready_snippet(config: ServingConfig, replicas: list[ReplicaInfo], api_key: str | None) -> str:
     url = _gateway_url(config)
     model = config.models()[0]
     ready = sum(r.ready for r in replicas)
+    key = api_key or "unused"
     body = json.dumps({"model": model, "prompt": "def fibonacci(n):", "max_tokens": 64})
+    where = (
+        f"  API key (tenant demo): {key}   (also in {config.auth.demo_key_file})\n\n"
+        if api_key
+        else ""
+    )
     return (
-        f"\nSeed Serve is ready at {url}  ({ready}/{len(replicas)} replicas of {', '.join(config.models())})\n\n"
+        f"\nSeed Serve is ready at {url}  ({ready}/{len(replicas)} replicas of "
+        f"{', '.join(config.models())})\n\n{where}"
         f"  curl {url}/completions -H 'Content-Type: application/json' \\\n"
+        f"       -H 'Authorization: Bearer {key}' \\\n"
         f"       -d '{body}'\n\n"
-        f'  python -c \'from openai import OpenAI; c = OpenAI(base_url="{url}", api_key="unused"); '
-        f'print(c.completions.create(model="{model}", prompt="def fibonacci(n):", max_tokens=64).choices[0].text)\'\n'
+        f'  python -c \'from openai import OpenAI; c = OpenAI(base_url="{url}", api_key="{key}"); '
+        f'print(c.completions.create(model="{model}", prompt="def fibonacci(n):", '
+        "max_tokens=64).choices[0].text)'\n"
     )
 
 
-async def _announce_when_ready(config: ServingConfig, controller: Any, server: Any) -> None:
+async def _announce_when_ready(
+    config: ServingConfig, controller: Any, server: Any, api_key: str | None
+) -> None:
     timeout = max(g.startup_timeout_s for g in config.replica_groups) + 30
     data = await controller.wait_ready.remote(timeout)
     replicas = [ReplicaInfo.from_dict(d) for d in data]
@@ -143,7 +209,7 @@ async def _announce_when_ready(config: ServingConfig, controller: Any, server: A
                 "replica %s is %s: %s", replica.replica_id, replica.state.value, replica.message
             )
     if any(r.ready for r in replicas):
-        print(ready_snippet(config, replicas), flush=True)
+        print(ready_snippet(config, replicas, api_key), flush=True)
     else:
         logger.error("no replica could start; stopping")
         server.exit_code = 1
@@ -160,10 +226,19 @@ def _remove_own_state_file(path: Path) -> None:
             path.unlink()
 
 
+def _demo_key(config: ServingConfig) -> str | None:
+    """The embedded default's key for tenant `demo` (created on first start)."""
+    if not config.auth.enabled or not config.auth.demo_key_file:
+        return None
+    from serving.admission.keys import ensure_demo_key
+
+    return ensure_demo_key(
+        Path(config.auth.keys_file).expanduser(), Path(config.auth.demo_key_file).expanduser()
+    )
+
+
 def run_up(config: ServingConfig) -> int:
     """Local Ray (unless ``ray.address`` is set), the replicas, and the gateway."""
-    from serving.api.app import build_app
-
     check_models(config)
     check_port_free(config.gateway.host, config.gateway.port)
     address_info = init_ray(
@@ -197,21 +272,20 @@ def run_up(config: ServingConfig) -> int:
             RayControllerSource(controller),
             refresh_interval_s=config.gateway.replica_refresh_interval_s,
         )
-        server = _uvicorn_server(config, build_app(config, registry))
-        server.exit_code = 0
+        api_key = _demo_key(config)
 
-        async def serve() -> None:
-            announcer = asyncio.create_task(_announce_when_ready(config, controller, server))
+        async def announce(server: Any) -> None:
+            await _announce_when_ready(config, controller, server, api_key)
+
+        async def serve() -> int:
             try:
-                await server.serve()
+                return await _serve(config, registry, on_started=announce)
             finally:
-                announcer.cancel()
                 logger.info("stopping replicas")
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(controller.shutdown.remote(), 60)
 
-        asyncio.run(serve())
-        exit_code = int(server.exit_code)
+        exit_code = asyncio.run(serve())
     finally:
         _remove_own_state_file(state_file)
         ray.shutdown()
@@ -220,8 +294,6 @@ def run_up(config: ServingConfig) -> int:
 
 def run_gateway(config: ServingConfig) -> int:
     """Only the gateway, joining an existing Ray cluster (and sharing its controller)."""
-    from serving.api.app import build_app
-
     check_port_free(config.gateway.host, config.gateway.port)
     init_ray(namespace=config.ray.namespace, address=config.ray.address or "auto")
     import ray
@@ -241,8 +313,7 @@ def run_gateway(config: ServingConfig) -> int:
             RayControllerSource(controller),
             refresh_interval_s=config.gateway.replica_refresh_interval_s,
         )
-        server = _uvicorn_server(config, build_app(config, registry))
-        asyncio.run(server.serve())
+        exit_code = asyncio.run(_serve(config, registry))
     finally:
         ray.shutdown()
-    return 0
+    return exit_code

@@ -74,9 +74,13 @@ def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServePr
 
 @pytest.fixture(scope="session")
 def tiny_client(tiny_stack: SeedServeProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=tiny_stack.base_url + "/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(
+        base_url=tiny_stack.base_url + "/v1", api_key=tiny_stack.api_key, max_retries=0
+    )
 
 
 @pytest.fixture(scope="session")
 def demo_client(demo_stack: SeedServeProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=demo_stack.base_url + "/v1", api_key="unused", max_retries=0)
+    return openai.OpenAI(
+        base_url=demo_stack.base_url + "/v1", api_key=demo_stack.api_key, max_retries=0
+    )

@@ -129,10 +129,12 @@ def test_up_serves_then_stops_cleanly(tiny_model_dir: Path, tmp_path: Path) -> N
     )
     try:
         stack.wait_ready()
-        client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="unused", max_retries=0)
+        client = openai.OpenAI(
+            base_url=stack.base_url + "/v1", api_key=stack.api_key, max_retries=0
+        )
         assert client.completions.create(model=TINY_MODEL, prompt="x", max_tokens=2).choices[0].text
-        assert httpx.get(stack.base_url + "/ready").json()["replicas"] == {"tiny-0": "ready"}
-        with_n3 = httpx.post(
+        assert stack.http.get(stack.base_url + "/ready").json()["replicas"] == {"tiny-0": "ready"}
+        with_n3 = stack.http.post(
             stack.base_url + "/v1/completions",
             json={"model": TINY_MODEL, "prompt": "x", "n": 3, "max_tokens": 1},
         )
@@ -168,13 +170,16 @@ def test_gateway_joins_an_existing_ray_cluster(
         "ray": {"namespace": state["namespace"]},
         # The gateway uses the running controller's replicas, whatever it lists here.
         "replica_groups": [{"name": "other", "engine": {"model": "unused/model"}}],
+        "auth": {"keys_file": str(tiny_stack.keys_file), "demo_key_file": None},
     }
     gateway = SeedServeProcess(
         "gateway", config, tmp_path, extra_args=["--ray-address", state["ray_address"]]
     )
     try:
         gateway.wait_ready(replicas=2, timeout_s=180)
-        client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key="unused", max_retries=0)
+        client = openai.OpenAI(
+            base_url=gateway.base_url + "/v1", api_key=tiny_stack.api_key, max_retries=0
+        )
         raw = client.completions.with_raw_response.create(
             model=TINY_MODEL, prompt="x", max_tokens=2
         )
@@ -184,7 +189,7 @@ def test_gateway_joins_an_existing_ray_cluster(
     finally:
         gateway.kill_tree()
     # The shared stack is untouched by the gateway leaving.
-    assert httpx.get(tiny_stack.base_url + "/ready").status_code == 200
+    assert tiny_stack.http.get(tiny_stack.base_url + "/ready").status_code == 200
 
 
 def test_engines_refuse_anyone_but_the_gateway(tiny_stack: SeedServeProcess) -> None:

@@ -80,7 +80,7 @@ def test_suffix_with_a_list_prompt_is_refused(tiny_client: openai.OpenAI) -> Non
 def _code(
     stack: SeedServeProcess, body: dict[str, object], route: str = "completions"
 ) -> httpx.Response:
-    return httpx.post(f"{stack.base_url}/v1/code/{route}", json=body, timeout=120)
+    return stack.http.post(f"{stack.base_url}/v1/code/{route}", json=body, timeout=120)
 
 
 def test_code_completion_shape(tiny_stack: SeedServeProcess) -> None:
@@ -132,7 +132,7 @@ def test_code_completion_stream_equals_whole(tiny_stack: SeedServeProcess) -> No
         "mode": "block",
     }
     whole = _code(tiny_stack, body).json()
-    with httpx.stream(
+    with tiny_stack.http.stream(
         "POST",
         f"{tiny_stack.base_url}/v1/code/completions",
         json={**body, "stream": True},
@@ -191,13 +191,13 @@ def test_bad_code_requests_are_clear_400s(
 
 def test_non_utf8_code_is_a_400(tiny_stack: SeedServeProcess) -> None:
     raw = b'{"prefix": "caf\xe9", "language": "python"}'  # Latin-1 byte, not UTF-8
-    response = httpx.post(
+    response = tiny_stack.http.post(
         f"{tiny_stack.base_url}/v1/code/completions",
         content=raw,
         headers={"content-type": "application/json"},
     )
     assert response.status_code == 400
-    surrogate = httpx.post(
+    surrogate = tiny_stack.http.post(
         f"{tiny_stack.base_url}/v1/code/repairs",
         content=b'{"code": "x = \\"\\ud800\\"", "error": "e", "language": "python"}',
         headers={"content-type": "application/json"},
@@ -214,13 +214,14 @@ def test_sandbox_unavailable_is_a_clear_error(tiny_stack: SeedServeProcess, tmp_
         "gateway": {"host": "127.0.0.1", "port": free_port()},
         "ray": {"namespace": state["namespace"]},
         "sandbox": {"isolation": "bwrap", "bwrap": "/nonexistent/bwrap"},
+        "auth": {"keys_file": str(tiny_stack.keys_file), "demo_key_file": None},
     }
     gateway = SeedServeProcess(
         "gateway", config, tmp_path, extra_args=["--ray-address", state["ray_address"]]
     )
     try:
         gateway.wait_ready(replicas=2, timeout_s=180)
-        response = httpx.post(
+        response = tiny_stack.http.post(
             f"{gateway.base_url}/v1/code/tests",
             json={"code": "def f():\n    return 1\n"},
             timeout=60,

@@ -6,7 +6,6 @@ import ast
 import asyncio
 import json
 
-import httpx
 import openai
 import pytest
 
@@ -92,7 +91,7 @@ def test_fim_on_a_model_without_fim(demo_client: openai.OpenAI) -> None:
 
 
 def test_code_completion_block_on_the_demo_model(demo_stack: SeedServeProcess) -> None:
-    response = httpx.post(
+    response = demo_stack.http.post(
         demo_stack.base_url + "/v1/code/completions",
         json={
             "prefix": "def is_palindrome(text):\n    ",
@@ -122,7 +121,7 @@ TRACEBACK = (
 
 
 def test_repair_of_a_real_bug_is_verified(demo_stack: SeedServeProcess, sandbox: Sandbox) -> None:
-    response = httpx.post(
+    response = demo_stack.http.post(
         demo_stack.base_url + "/v1/code/repairs",
         json={
             "code": BUGGY,
@@ -148,7 +147,7 @@ def test_repair_of_a_real_bug_is_verified(demo_stack: SeedServeProcess, sandbox:
 
 
 def test_repair_without_a_test_is_not_verified(demo_stack: SeedServeProcess) -> None:
-    response = httpx.post(
+    response = demo_stack.http.post(
         demo_stack.base_url + "/v1/code/repairs",
         json={
             "code": "def greet(name)\n    return 'hi ' + name\n",
@@ -180,7 +179,7 @@ CLAMP = (
 def test_generated_tests_are_run_and_reported_honestly(
     demo_stack: SeedServeProcess, sandbox: Sandbox
 ) -> None:
-    response = httpx.post(
+    response = demo_stack.http.post(
         demo_stack.base_url + "/v1/code/tests",
         json={"code": CLAMP, "strength": "light", "n_candidates": 1, "seed": 3},
         timeout=600,

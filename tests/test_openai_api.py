@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 from transformers import AutoTokenizer
@@ -52,7 +51,9 @@ def test_stream_ends_with_done_and_usage(tiny_stack: SeedServeProcess) -> None:
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    with httpx.stream("POST", tiny_stack.base_url + "/v1/completions", json=body, timeout=60) as r:
+    with tiny_stack.http.stream(
+        "POST", tiny_stack.base_url + "/v1/completions", json=body, timeout=60
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
@@ -151,7 +152,7 @@ def test_prompt_beyond_context(tiny_client: openai.OpenAI) -> None:
 def test_wrong_types_are_bad_requests(
     tiny_stack: SeedServeProcess, body: dict[str, object], param: str | None, fragment: str
 ) -> None:
-    response = httpx.post(
+    response = tiny_stack.http.post(
         tiny_stack.base_url + "/v1/completions", json={"model": TINY_MODEL, **body}, timeout=30
     )
     assert response.status_code == 400
@@ -164,14 +165,16 @@ def test_wrong_types_are_bad_requests(
 def test_malformed_json_and_empty_body(tiny_stack: SeedServeProcess) -> None:
     url = tiny_stack.base_url + "/v1/completions"
     for content in (b"{not json", b"", b"[1, 2]", b"\xff\xfe"):
-        response = httpx.post(url, content=content, headers={"content-type": "application/json"})
+        response = tiny_stack.http.post(
+            url, content=content, headers={"content-type": "application/json"}
+        )
         assert response.status_code == 400, content
         assert response.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_body_over_the_limit_is_413(tiny_stack: SeedServeProcess) -> None:
     big = "x" * (4 * 1024 * 1024 + 10)
-    response = httpx.post(
+    response = tiny_stack.http.post(
         tiny_stack.base_url + "/v1/completions",
         json={"model": TINY_MODEL, "prompt": big},
         timeout=30,
@@ -202,27 +205,30 @@ def test_two_replicas_both_serve(tiny_client: openai.OpenAI) -> None:
 def test_request_ids(tiny_stack: SeedServeProcess) -> None:
     url = tiny_stack.base_url + "/v1/completions"
     body = {"model": TINY_MODEL, "prompt": "x", "max_tokens": 1}
-    mine = httpx.post(url, json=body, headers={"x-request-id": "ide-42.abc"})
+    mine = tiny_stack.http.post(url, json=body, headers={"x-request-id": "ide-42.abc"})
     assert mine.headers["x-request-id"] == "ide-42.abc"
-    generated = httpx.post(url, json=body)
+    generated = tiny_stack.http.post(url, json=body)
     assert len(generated.headers["x-request-id"]) == 32
     # Even errors and non-API routes carry both headers.
-    for response in (httpx.get(tiny_stack.base_url + "/nope"), httpx.post(url, json={})):
+    for response in (
+        tiny_stack.http.get(tiny_stack.base_url + "/nope"),
+        tiny_stack.http.post(url, json={}),
+    ):
         assert response.headers["x-request-id"]
         assert response.headers["x-seed-serve-replica"] == "none"
 
 
 def test_unknown_route_and_method_use_the_envelope(tiny_stack: SeedServeProcess) -> None:
-    missing = httpx.get(tiny_stack.base_url + "/v1/engines")
+    missing = tiny_stack.http.get(tiny_stack.base_url + "/v1/engines")
     assert missing.status_code == 404
     assert missing.json()["error"]["type"] == "not_found_error"
-    wrong_method = httpx.get(tiny_stack.base_url + "/v1/completions")
+    wrong_method = tiny_stack.http.get(tiny_stack.base_url + "/v1/completions")
     assert wrong_method.status_code == 405
     assert wrong_method.json()["error"]["message"]
 
 
 def test_health_and_ready(tiny_stack: SeedServeProcess) -> None:
-    assert httpx.get(tiny_stack.base_url + "/health").json() == {"status": "ok"}
-    ready = httpx.get(tiny_stack.base_url + "/ready")
+    assert tiny_stack.http.get(tiny_stack.base_url + "/health").json() == {"status": "ok"}
+    ready = tiny_stack.http.get(tiny_stack.base_url + "/ready")
     assert ready.status_code == 200
     assert ready.json()["replicas"] == {"tiny-0": "ready", "tiny-1": "ready"}

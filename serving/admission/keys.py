@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from serving.config import LimitsConfig
 from serving.errors import ConfigError
 
 SECRET_PREFIX = "sk-seed-"
@@ -39,28 +40,7 @@ def _check_cidrs(values: list[str]) -> list[str]:
     return values
 
 
-class Limits(BaseModel):
-    """Quotas of a key or a tenant (null: no limit at this level)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rpm: int | None = Field(default=None, ge=1, description="Requests per minute.")
-    tpm: int | None = Field(
-        default=None, ge=1, description="Prompt + completion tokens per minute."
-    )
-    max_concurrency: int | None = Field(
-        default=None, ge=1, description="Requests in flight at once."
-    )
-    max_tokens: int | None = Field(
-        default=None, ge=1, description="Largest max_tokens per request."
-    )
-    max_prompt_tokens: int | None = Field(
-        default=None, ge=1, description="Largest prompt per request."
-    )
-    max_n: int | None = Field(default=None, ge=1, description="Largest n per request.")
-
-
-class TenantRecord(Limits):
+class TenantRecord(LimitsConfig):
     allowed_cidrs: list[str] = Field(
         default_factory=list, description="Client networks allowed (empty: any)."
     )
@@ -68,7 +48,7 @@ class TenantRecord(Limits):
     _cidrs = field_validator("allowed_cidrs")(_check_cidrs)
 
 
-class KeyRecord(Limits):
+class KeyRecord(LimitsConfig):
     id: str = Field(pattern=r"^[a-f0-9]{12}$")
     sha256: str = Field(pattern=r"^[a-f0-9]{64}$")
     tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
@@ -202,3 +182,23 @@ class KeyStore:
             return None
         tenant = self.file.tenants.get(record.tenant, TenantRecord())
         return Principal(key=record, tenant_name=record.tenant, tenant=tenant)
+
+
+DEMO_TENANT = "demo"
+
+
+def ensure_demo_key(keys_path: Path, secret_path: Path) -> str:
+    """The demo key's secret: reused while it still works, else a new one is
+    created for tenant ``demo`` and written to ``secret_path`` (mode 0600)."""
+    if secret_path.is_file():
+        secret = secret_path.read_text(encoding="utf-8").strip()
+        principal = KeyStore(load_keys_file(keys_path)).authenticate(secret)
+        if principal is not None:
+            return secret
+    _, secret = create_key(keys_path, tenant=DEMO_TENANT, name="demo (make run)")
+    secret_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(secret + "\n")
+    os.chmod(secret_path, 0o600)
+    return secret

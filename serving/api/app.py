@@ -1,4 +1,4 @@
-"""The gateway's app factory: every dependency is passed in and wired here."""
+"""The gateway's app factory: every dependency is built or passed in, and wired here."""
 
 from __future__ import annotations
 
@@ -8,38 +8,65 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from serving import __version__
+from serving.admission.auth import Authenticator
+from serving.admission.quotas import Quotas
+from serving.admission.scheduler import AdmissionScheduler
 from serving.api.code_serving import CodeServing
 from serving.api.errors import register_exception_handlers
 from serving.api.middleware import GatewayMiddleware
-from serving.api.routes import code_router, health_router, openai_router
+from serving.api.routes import code_router, health_router, metrics_router, openai_router
 from serving.api.serving import OpenAIServing
 from serving.config import ServingConfig
 from serving.engines.client import EngineClient
 from serving.engines.dispatch import Dispatcher
 from serving.engines.registry import ReplicaRegistry
+from serving.engines.router import RoundRobinRouter
+from serving.engines.stats import EngineStatsPoller
+from serving.observability.audit import AuditLog
+from serving.observability.metrics import GatewayMetrics
 from serving.sandbox import Sandbox
 from serving.tasks.completion import CodeCompleter
 
 
 def build_app(
-    config: ServingConfig, registry: ReplicaRegistry, *, sandbox: Sandbox | None = None
+    config: ServingConfig,
+    registry: ReplicaRegistry,
+    *,
+    sandbox: Sandbox | None = None,
+    metrics: GatewayMetrics | None = None,
 ) -> FastAPI:
     """The gateway for ``config``, serving the replicas ``registry`` knows."""
+    metrics = metrics or GatewayMetrics()
     client = EngineClient(config.gateway)
-    dispatcher = Dispatcher(registry, client)
+    auth = Authenticator(config.auth, metrics)
+    quotas = Quotas(config.quotas, metrics)
+    audit = AuditLog(config.audit)
+    stats = EngineStatsPoller(registry, None, config.admission.stats_interval_s)
+    scheduler = AdmissionScheduler(config.admission, registry, RoundRobinRouter(), metrics, stats)
+    dispatcher = Dispatcher(registry, client, scheduler, config.admission, metrics)
     completer = CodeCompleter(dispatcher, registry, config.tasks)
-    serving = OpenAIServing(config.gateway, registry, dispatcher, completer)
-    code = CodeServing(config.tasks, registry, completer, sandbox or Sandbox(config.sandbox))
+    serving = OpenAIServing(config.gateway, registry, dispatcher, completer, quotas)
+    code = CodeServing(
+        config.tasks, registry, completer, sandbox or Sandbox(config.sandbox, metrics=metrics)
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await registry.start()
         await registry.wait_first_refresh()
+        await auth.start()
+        await stats.start()
+        await scheduler.start()
         try:
             yield
         finally:
+            await scheduler.stop()
+            await stats.stop()
+            await auth.stop()
             await registry.stop()
             await client.close()
+            await quotas.close()
+            audit.close()
 
     app = FastAPI(
         title="Seed Serve",
@@ -51,5 +78,23 @@ def build_app(
     app.include_router(health_router(registry))
     app.include_router(openai_router(serving, registry))
     app.include_router(code_router(code))
-    app.add_middleware(GatewayMiddleware, max_body_bytes=config.gateway.max_request_bytes)
+    if config.gateway.metrics_port is None:
+        app.include_router(metrics_router(metrics))
+    app.add_middleware(
+        GatewayMiddleware,
+        config=config.gateway,
+        auth=auth,
+        quotas=quotas,
+        audit=audit,
+        metrics=metrics,
+        auth_enabled=config.auth.enabled,
+    )
+    app.state.metrics = metrics
+    return app
+
+
+def build_metrics_app(metrics: GatewayMetrics) -> FastAPI:
+    """/metrics alone, for the internal metrics port (no key: keep it off the network)."""
+    app = FastAPI(title="Seed Serve metrics", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(metrics_router(metrics))
     return app

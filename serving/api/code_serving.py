@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from serving.admission.context import RequestContext
 from serving.api.code_protocol import (
     CodeCompletionRequest,
     CodeCompletionResponse,
@@ -88,8 +89,14 @@ class CodeServing:
 
     # ------------------------------------------------------------------ completion
 
-    async def completion(self, request: CodeCompletionRequest) -> Response:
+    async def completion(self, request: CodeCompletionRequest, ctx: RequestContext) -> Response:
         status = self._model(request.model)
+        ctx.model = status.name
+        ctx.prompt_text = request.prefix
+        if ctx.document is None and request.document:
+            ctx.document = request.document
+        elif ctx.document is None and request.path:
+            ctx.document = request.path  # per key: the same path of the same developer
         self._check_size("prefix", request.prefix, request.suffix)
         language = self._language(request.language, request.path)
         max_tokens = request.max_tokens or self.config.completion_max_tokens
@@ -113,12 +120,14 @@ class CodeServing:
             sampling["top_p"] = request.top_p
         if request.seed is not None:
             sampling["seed"] = request.seed
-        run = await self.completer.start(prepared, sampling)
+        run = await self.completer.start(prepared, sampling, ctx=ctx)
         headers = {REPLICA_HEADER: run.replica.replica_id}
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
 
         def answer(text: str, finish_reason: str) -> CodeCompletionResponse:
+            ctx.usage(run.prompt_tokens, run.completion_tokens)
+            ctx.finish_reason = finish_reason
             return CodeCompletionResponse(
                 id=completion_id,
                 created=created,
@@ -139,6 +148,7 @@ class CodeServing:
         if not request.stream:
             async for _ in run.deltas():
                 pass
+            ctx.completion_text = run.texts[0]
             return JSONResponse(
                 answer(run.texts[0], run.finish_reasons[0]).model_dump(), headers=headers
             )
@@ -172,8 +182,10 @@ class CodeServing:
 
     # ------------------------------------------------------------------ repair
 
-    async def repair(self, request: CodeRepairRequest) -> CodeRepairResponse:
+    async def repair(self, request: CodeRepairRequest, ctx: RequestContext) -> CodeRepairResponse:
         status = self._model(request.model)
+        ctx.model = status.name
+        ctx.prompt_text = request.code
         self._check_size("code", request.code, request.test, request.error)
         language = self._language(request.language, request.path)
         if request.test is not None:
@@ -193,7 +205,9 @@ class CodeServing:
             temperature=request.temperature,
             seed=request.seed,
             max_tokens=self.config.repair_max_tokens,
+            ctx=ctx,
         )
+        ctx.usage(result.prompt_tokens, result.completion_tokens)
         best = result.best
         change = best.change
         return CodeRepairResponse(
@@ -215,8 +229,10 @@ class CodeServing:
 
     # ------------------------------------------------------------------ tests
 
-    async def tests(self, request: CodeTestsRequest) -> CodeTestsResponse:
+    async def tests(self, request: CodeTestsRequest, ctx: RequestContext) -> CodeTestsResponse:
         status = self._model(request.model)
+        ctx.model = status.name
+        ctx.prompt_text = request.code
         self._check_size("code", request.code)
         language = self._language(request.language, None)
         if language != "python":
@@ -240,7 +256,9 @@ class CodeServing:
             seed=request.seed,
             max_tokens=self.config.tests_max_tokens,
             regenerations=self.config.tests_regenerations,
+            ctx=ctx,
         )
+        ctx.usage(result.prompt_tokens, result.completion_tokens)
         usage = Usage(
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,

@@ -8,9 +8,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving.api.disconnect import ClientDisconnected
 from serving.errors import APIError, api_error_for_status
 
 logger = logging.getLogger("seed_serve.api")
@@ -81,8 +82,13 @@ def validation_message(errors: list[Any]) -> tuple[str, str | None]:
     return f"Invalid value for '{param}': {message}.", param
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
+    context = request.scope.get("state", {}).get("ctx")
+    if context is not None:
+        context.error_code = exc.code
+        if exc.code == "superseded":
+            context.outcome = "superseded"
     return error_response(exc)
 
 
@@ -124,7 +130,16 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    context = request.scope.get("state", {}).get("ctx")
+    if context is not None:
+        context.outcome = "cancelled"
+    # Nobody reads this answer; 499 is what the audit log and metrics record.
+    return Response(status_code=499)
+
+
 def register_exception_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientDisconnected, _client_gone)
     app.add_exception_handler(APIError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,100 +1,297 @@
-"""Pure-ASGI middleware (cheap on the hot path): request ids and body limits."""
+"""The gateway's front door, in pure ASGI (cheap on the hot path).
+
+For every request: an id (the client's, if sane); header and body limits;
+the client address (X-Forwarded-For only from trusted proxies); the
+allow-lists; the API key (every route but /health and /ready); rate limits.
+When the request ends, whatever happened: the audit line, the metrics, the
+token charge, the concurrency slot back. Every response carries
+``x-request-id`` and ``x-seed-serve-replica``.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
 import uuid
 from collections.abc import MutableMapping
 from typing import Any
 
-from serving.errors import PayloadTooLargeError
+from serving.admission.auth import Authenticator
+from serving.admission.context import ROUTE_TASKS, RequestContext
+from serving.admission.quotas import Quotas
+from serving.config import GatewayConfig
+from serving.errors import APIError, BadRequestError, PayloadTooLargeError, PermissionDeniedError
+from serving.observability.audit import AuditLog
+from serving.observability.metrics import GatewayMetrics
+
+logger = logging.getLogger("seed_serve.api")
 
 REQUEST_ID_HEADER = "x-request-id"
 REPLICA_HEADER = "x-seed-serve-replica"
 NO_REPLICA = "none"  # the answer did not come from a replica (e.g. a 400)
+OPEN_PATHS = frozenset({"/health", "/ready"})
+ADMIN_PATHS = ("/metrics", "/v1/admin")
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
 
-Scope = dict[str, Any]
+Scope = MutableMapping[str, Any]
 
 
-def request_id_of(scope: MutableMapping[str, Any]) -> str:
+def request_id_of(scope: Scope) -> str:
     return str(scope.get("state", {}).get("request_id", ""))
 
 
 class GatewayMiddleware:
-    """Gives every request an id (the client's, if sane), stamps every response
-    with ``x-request-id`` and ``x-seed-serve-replica``, and refuses bodies over
-    ``max_body_bytes`` with 413 before reading them whole."""
-
-    def __init__(self, app: Any, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        config: GatewayConfig,
+        auth: Authenticator,
+        quotas: Quotas,
+        audit: AuditLog,
+        metrics: GatewayMetrics,
+        auth_enabled: bool = True,
+    ) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
+        self.config = config
+        self.auth = auth
+        self.quotas = quotas
+        self.audit = audit
+        self.metrics = metrics
+        self.auth_enabled = auth_enabled
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers: dict[bytes, bytes] = {}
+        header_bytes = 0
         request_id = None
-        content_length = None
         for name, value in scope["headers"]:
+            headers[name] = value
+            header_bytes += len(name) + len(value)
             if name == b"x-request-id" and _VALID_REQUEST_ID.match(value):
                 request_id = value.decode()
-            elif name == b"content-length":
-                content_length = value
-        if request_id is None:
-            request_id = uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-        rid = request_id.encode()
+        request_id = request_id or uuid.uuid4().hex
+        path = scope["path"]
+        task, lane = ROUTE_TASKS.get(path, ("other", "completion"))
+        peer = (scope.get("client") or ("unknown", 0))[0]
+        forwarded = headers.get(b"x-forwarded-for")
+        ctx = RequestContext(
+            request_id=request_id,
+            route=path,
+            method=scope.get("method", ""),
+            client_ip=self.auth.client_ip(peer, forwarded.decode("latin-1") if forwarded else None),
+            task=task,
+            lane=lane,
+        )
+        document = headers.get(b"x-seed-serve-document")
+        if document:
+            ctx.document = document.decode("latin-1")[:512]
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["ctx"] = ctx
+        response = _ResponseTracker(send, request_id, ctx)
+        slots: list[str] = []
+        self.metrics.inflight.inc()
+        try:
+            try:
+                self._check_headers(len(scope["headers"]), header_bytes)
+                self._check_body_size(headers.get(b"content-length"))
+                if path not in OPEN_PATHS:
+                    self.auth.check_network(ctx.client_ip)
+                    if self.auth_enabled:
+                        ctx.principal = self.auth.authenticate(
+                            self.auth.credential(headers), ctx.client_ip
+                        )
+                        if path.startswith(ADMIN_PATHS) and ctx.principal.key.role != "admin":
+                            raise PermissionDeniedError(
+                                "This route needs an admin key.", code="admin_only"
+                            )
+                        if path in ROUTE_TASKS:
+                            slots = await self.quotas.admit(ctx.principal)
+            except APIError as exc:
+                ctx.outcome = "rejected"
+                ctx.error_code = exc.code
+                self.metrics.rejections.labels(reason=_rejection_reason(exc)).inc()
+                await _send_json(response.send, exc.status_code, exc.envelope(), exc.headers)
+                return
+            await self.app(scope, self._limited_receive(receive), response.send)
+        finally:
+            self.metrics.inflight.dec()
+            if not response.complete and ctx.outcome in ("ok", "error"):
+                ctx.outcome = "cancelled"
+                self.metrics.cancellations.labels(reason="disconnect").inc()
+            ctx.status = response.status
+            await self._finish(ctx, slots)
 
-        async def send_with_headers(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                names = {name.lower() for name, _ in headers}
-                if b"x-request-id" not in names:
-                    headers.append((b"x-request-id", rid))
-                if b"x-seed-serve-replica" not in names:
-                    headers.append((b"x-seed-serve-replica", NO_REPLICA.encode()))
-                message["headers"] = headers
-            await send(message)
+    # ------------------------------------------------------------------ limits
 
-        too_large = PayloadTooLargeError(
-            f"Request body is larger than the limit of {self.max_body_bytes} bytes.",
+    def _check_headers(self, count: int, size: int) -> None:
+        if count > self.config.max_header_count or size > self.config.max_header_bytes:
+            raise BadRequestError(
+                f"Request headers too large: {count} headers, {size} bytes (limits: "
+                f"{self.config.max_header_count} headers, {self.config.max_header_bytes} bytes).",
+                code="request_headers_too_large",
+            )
+
+    def _too_large(self) -> PayloadTooLargeError:
+        return PayloadTooLargeError(
+            f"Request body is larger than the limit of {self.config.max_request_bytes} bytes.",
             code="request_too_large",
         )
-        if content_length is not None:
-            try:
-                declared = int(content_length)
-            except ValueError:
-                declared = -1
-            if declared > self.max_body_bytes:
-                await _send_json(send_with_headers, 413, too_large.envelope())
-                return
 
+    def _check_body_size(self, content_length: bytes | None) -> None:
+        if content_length is None:
+            return
+        try:
+            declared = int(content_length)
+        except ValueError:
+            raise BadRequestError("Invalid Content-Length header.") from None
+        if declared > self.config.max_request_bytes:
+            raise self._too_large()
+
+    def _limited_receive(self, receive: Any) -> Any:
         received = 0
+        limit = self.config.max_request_bytes
 
-        async def limited_receive() -> dict[str, Any]:
+        async def limited() -> dict[str, Any]:
             nonlocal received
             message: dict[str, Any] = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise too_large
+                if received > limit:
+                    raise self._too_large()
             return message
 
-        await self.app(scope, limited_receive, send_with_headers)
+        return limited
 
+    # ------------------------------------------------------------------ the end
 
-async def _send_json(send: Any, status: int, payload: dict[str, Any]) -> None:
-    body = json.dumps(payload).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
+    async def _finish(self, ctx: RequestContext, slots: list[str]) -> None:
+        try:
+            if slots:
+                await self.quotas.release(slots)
+            tokens = ctx.prompt_tokens + ctx.completion_tokens
+            if ctx.principal is not None and tokens:
+                await self.quotas.charge(ctx.principal, tokens)
+        except Exception:
+            logger.exception("quota accounting failed for %s", ctx.request_id)
+        self._observe(ctx)
+        self.audit.write(self._audit_record(ctx))
+        if self.audit.write_errors:
+            self.metrics.audit_write_errors.inc(self.audit.write_errors)
+            self.audit.write_errors = 0
+
+    def _observe(self, ctx: RequestContext) -> None:
+        if ctx.route not in ROUTE_TASKS:
+            return
+        model = ctx.model or "unknown"
+        ended = time.monotonic()
+        self.metrics.requests.labels(task=ctx.task, model=model, status=str(ctx.status)).inc()
+        self.metrics.request_duration.labels(task=ctx.task, model=model).observe(
+            ended - ctx.started
+        )
+        if ctx.first_token is not None:
+            self.metrics.ttft.labels(task=ctx.task, model=model).observe(
+                ctx.first_token - ctx.started
+            )
+            if ctx.completion_tokens > 1:
+                self.metrics.tpot.labels(task=ctx.task, model=model).observe(
+                    (ended - ctx.first_token) / (ctx.completion_tokens - 1)
+                )
+        tenant = ctx.tenant or "anonymous"
+        if ctx.prompt_tokens:
+            self.metrics.prompt_tokens.labels(tenant=tenant, task=ctx.task).inc(ctx.prompt_tokens)
+        if ctx.completion_tokens:
+            self.metrics.completion_tokens.labels(tenant=tenant, task=ctx.task).inc(
+                ctx.completion_tokens
+            )
+
+    def _audit_record(self, ctx: RequestContext) -> dict[str, Any]:
+        ended = time.monotonic()
+        record: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+            + f".{int(time.time() * 1000) % 1000:03d}Z",
+            "request_id": ctx.request_id,
+            "key_id": ctx.key_id,
+            "tenant": ctx.tenant,
+            "client": ctx.client_ip,
+            "method": ctx.method,
+            "route": ctx.route,
+            "task": ctx.task,
+            "model": ctx.model,
+            "lane": ctx.lane,
+            "replica": ctx.replica,
+            "prompt_tokens": ctx.prompt_tokens,
+            "completion_tokens": ctx.completion_tokens,
+            "status": ctx.status,
+            "outcome": ctx.outcome,
+            "error_code": ctx.error_code,
+            "latency_ms": round((ended - ctx.started) * 1000, 2),
+            "ttft_ms": round((ctx.first_token - ctx.started) * 1000, 2)
+            if ctx.first_token
+            else None,
+            "queue_wait_ms": round(ctx.queue_wait_s * 1000, 2)
+            if ctx.queue_wait_s is not None
+            else None,
+            "finish_reason": ctx.finish_reason,
         }
+        prompt = self.audit.text_field(ctx.prompt_text)
+        if prompt is not None:
+            record["prompt"] = prompt
+            record["completion"] = self.audit.text_field(ctx.completion_text)
+        return record
+
+
+class _ResponseTracker:
+    """Stamps headers on the response and notes its status and whether it ended."""
+
+    def __init__(self, send: Any, request_id: str, ctx: RequestContext) -> None:
+        self._send = send
+        self._rid = request_id.encode()
+        self.ctx = ctx
+        self.status = 0
+        self.complete = False
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = int(message["status"])
+            headers = list(message.get("headers", []))
+            names = {name.lower() for name, _ in headers}
+            if b"x-request-id" not in names:
+                headers.append((b"x-request-id", self._rid))
+            if b"x-seed-serve-replica" not in names:
+                replica = self.ctx.replica or NO_REPLICA
+                headers.append((b"x-seed-serve-replica", replica.encode()))
+            message["headers"] = headers
+            if self.status >= 400 and self.ctx.outcome == "ok":
+                self.ctx.outcome = "error"
+        elif kind == "http.response.body":
+            if self.ctx.first_token is None and message.get("body"):
+                self.ctx.first_token = time.monotonic()
+            if not message.get("more_body", False):
+                self.complete = True
+        await self._send(message)
+
+
+def _rejection_reason(exc: APIError) -> str:
+    return {401: "auth", 403: "forbidden", 429: "quota", 503: "backpressure"}.get(
+        exc.status_code, "invalid"
     )
+
+
+async def _send_json(
+    send: Any, status: int, payload: dict[str, Any], headers: dict[str, str]
+) -> None:
+    body = json.dumps(payload).encode()
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body})

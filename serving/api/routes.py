@@ -6,7 +6,9 @@ import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from serving.admission.context import context_of
 from serving.api.code_protocol import (
     CodeCompletionRequest,
     CodeCompletionResponse,
@@ -16,7 +18,7 @@ from serving.api.code_protocol import (
     CodeTestsResponse,
 )
 from serving.api.code_serving import CodeServing
-from serving.api.middleware import request_id_of
+from serving.api.disconnect import unless_disconnected
 from serving.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -26,6 +28,7 @@ from serving.api.protocol import (
 )
 from serving.api.serving import OpenAIServing
 from serving.engines.registry import ReplicaRegistry
+from serving.observability.metrics import GatewayMetrics
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 413, 429, 500, 502, 503)
@@ -56,11 +59,13 @@ def openai_router(serving: OpenAIServing, registry: ReplicaRegistry) -> APIRoute
 
     @router.post("/v1/completions", responses=_ERRORS)
     async def create_completion(body: CompletionRequest, request: Request) -> Response:
-        return await serving.completions(body, request_id_of(request.scope))
+        ctx = context_of(request.scope)
+        return await unless_disconnected(request, serving.completions(body, ctx))
 
     @router.post("/v1/chat/completions", responses=_ERRORS)
     async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-        return await serving.chat(body, request_id_of(request.scope))
+        ctx = context_of(request.scope)
+        return await unless_disconnected(request, serving.chat(body, ctx))
 
     return router
 
@@ -73,19 +78,30 @@ def code_router(code: CodeServing) -> APIRouter:
         responses={**_ERRORS, 200: {"model": CodeCompletionResponse}},
         response_model=None,
     )
-    async def code_completion(body: CodeCompletionRequest) -> Response:
+    async def code_completion(body: CodeCompletionRequest, request: Request) -> Response:
         """Completion at the cursor: FIM prompt, post-processed to the line/block."""
-        return await code.completion(body)
+        return await unless_disconnected(request, code.completion(body, context_of(request.scope)))
 
     @router.post("/v1/code/repairs", responses=_ERRORS)
-    async def code_repair(body: CodeRepairRequest) -> CodeRepairResponse:
+    async def code_repair(body: CodeRepairRequest, request: Request) -> CodeRepairResponse:
         """Fix code given its error; candidates checked, verified against a test."""
-        return await code.repair(body)
+        return await unless_disconnected(request, code.repair(body, context_of(request.scope)))
 
     @router.post("/v1/code/tests", responses=_ERRORS)
-    async def code_tests(body: CodeTestsRequest) -> CodeTestsResponse:
+    async def code_tests(body: CodeTestsRequest, request: Request) -> CodeTestsResponse:
         """Unit tests for the code, run against it in the sandbox."""
-        return await code.tests(body)
+        return await unless_disconnected(request, code.tests(body, context_of(request.scope)))
+
+    return router
+
+
+def metrics_router(metrics: GatewayMetrics) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        """Prometheus metrics (admin key on the main port; open on metrics_port)."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return router
 

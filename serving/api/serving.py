@@ -9,6 +9,7 @@ prefix alone) and trims the answer against the suffix.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -18,14 +19,16 @@ from typing import Any
 import aiohttp
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from serving.admission.context import RequestContext
+from serving.admission.quotas import Quotas
+from serving.admission.scheduler import Superseded
 from serving.api.errors import sse_error_event
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.api.sse import DONE, guarded_stream, sse_event
-from serving.config import GatewayConfig
-from serving.engines.dispatch import REPLICA_HEADER, Dispatcher
+from serving.config import GatewayConfig, LimitsConfig
+from serving.engines.dispatch import REPLICA_HEADER, Dispatcher, EngineCall
 from serving.engines.registry import ModelStatus, ReplicaRegistry
-from serving.engines.types import ReplicaInfo
-from serving.errors import BadRequestError, NotFoundError, UpstreamError
+from serving.errors import APIError, BadRequestError, NotFoundError, UpstreamError
 from serving.tasks.completion import CodeCompleter, CompletionRun
 
 logger = logging.getLogger("seed_serve.serving")
@@ -53,27 +56,37 @@ class OpenAIServing:
         registry: ReplicaRegistry,
         dispatcher: Dispatcher,
         completer: CodeCompleter,
+        quotas: Quotas,
     ) -> None:
         self.config = config
         self.registry = registry
         self.dispatcher = dispatcher
         self.completer = completer
+        self.quotas = quotas
 
     # ------------------------------------------------------------------ routes
 
-    async def completions(self, request: CompletionRequest, request_id: str) -> Response:
+    async def completions(self, request: CompletionRequest, ctx: RequestContext) -> Response:
         status = resolve_model(self.registry, request.model)
-        self._check_n(request.n)
-        self._check_output_limit(status, request.max_tokens, "max_tokens")
+        ctx.model = status.name
+        if isinstance(request.prompt, str):
+            ctx.prompt_text = request.prompt
+        self._check_n(request.n, ctx)
+        if request.best_of is not None and request.best_of > self.config.max_best_of:
+            raise BadRequestError(
+                f"Invalid value for 'best_of': at most {self.config.max_best_of}.", param="best_of"
+            )
+        self._check_output_limit(status, request.max_tokens, "max_tokens", ctx)
         if request.suffix is not None:
-            return await self._fill_in_the_middle(request, status)
-        self._check_prompt_fits(request, status)
+            return await self._fill_in_the_middle(request, status, ctx)
+        self._check_prompt_fits(request, status, ctx)
         payload = request.model_dump(exclude_unset=True)
-        return await self.forward("/v1/completions", payload, request.model, request.stream)
+        return await self.forward(ctx, "/v1/completions", payload, request.model, request.stream)
 
-    async def chat(self, request: ChatCompletionRequest, request_id: str) -> Response:
+    async def chat(self, request: ChatCompletionRequest, ctx: RequestContext) -> Response:
         status = resolve_model(self.registry, request.model)
-        self._check_n(request.n)
+        ctx.model = status.name
+        self._check_n(request.n, ctx)
         if status.replicas_ready and not status.has_chat_template:
             raise BadRequestError(
                 f"Model `{request.model}` is a base model without a chat template; "
@@ -82,29 +95,59 @@ class OpenAIServing:
                 code="chat_not_supported",
             )
         field = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
-        self._check_output_limit(status, request.output_limit(), field)
+        self._check_output_limit(status, request.output_limit(), field, ctx)
         payload = request.model_dump(exclude_unset=True)
-        return await self.forward("/v1/chat/completions", payload, request.model, request.stream)
+        return await self.forward(
+            ctx, "/v1/chat/completions", payload, request.model, request.stream
+        )
 
     # ------------------------------------------------------------------ checks
 
-    def _check_n(self, n: int) -> None:
-        if n > self.config.max_n:
+    def caps(self, ctx: RequestContext) -> LimitsConfig:
+        """The per-request caps of the caller's key and tenant."""
+        return self.quotas.request_caps(ctx.principal) if ctx.principal else LimitsConfig()
+
+    def _check_n(self, n: int, ctx: RequestContext) -> None:
+        limit = min(self.config.max_n, self.caps(ctx).max_n or self.config.max_n)
+        if n > limit:
             raise BadRequestError(
-                f"Invalid value for 'n': {n} is above this server's limit of {self.config.max_n}.",
-                param="n",
+                f"Invalid value for 'n': {n} is above the limit of {limit}.", param="n"
             )
 
-    @staticmethod
-    def _check_output_limit(status: ModelStatus, limit: int | None, field: str) -> None:
+    def _check_output_limit(
+        self, status: ModelStatus, limit: int | None, field: str, ctx: RequestContext
+    ) -> None:
         if limit is not None and status.max_model_len is not None and limit > status.max_model_len:
             raise BadRequestError(
                 f"Invalid value for '{field}': {limit} is more than the model's context "
                 f"length of {status.max_model_len} tokens.",
                 param=field,
             )
+        cap = self.caps(ctx).max_tokens
+        if limit is not None and cap is not None and limit > cap:
+            raise BadRequestError(
+                f"Invalid value for '{field}': {limit} is above your key's limit of {cap}.",
+                param=field,
+                code="max_tokens_limit",
+            )
 
-    def _check_prompt_fits(self, request: CompletionRequest, status: ModelStatus) -> None:
+    def check_prompt_cap(self, ctx: RequestContext, model: str, texts: list[str]) -> None:
+        """The key's max_prompt_tokens (counted only when the bytes could exceed it)."""
+        cap = self.caps(ctx).max_prompt_tokens
+        if cap is None:
+            return
+        counter = self.registry.token_counter(model)
+        for text in texts:
+            if len(text.encode()) > cap and counter.count(text) > cap:
+                raise BadRequestError(
+                    f"The prompt is longer than your key's limit of {cap} tokens.",
+                    param="prompt",
+                    code="prompt_too_long",
+                )
+
+    def _check_prompt_fits(
+        self, request: CompletionRequest, status: ModelStatus, ctx: RequestContext
+    ) -> None:
         """Prompt + max_tokens must fit the context (as OpenAI answers; vLLM would
         silently shorten the completion instead)."""
         context = status.max_model_len
@@ -115,7 +158,15 @@ class OpenAIServing:
         one_prompt = isinstance(prompt, str) or (bool(prompt) and isinstance(prompt[0], int))
         items: list[Any] = [prompt] if one_prompt else list(prompt)
         counter = self.registry.token_counter(status.name)
+        self.check_prompt_cap(ctx, status.name, [i for i in items if isinstance(i, str)])
+        cap = self.caps(ctx).max_prompt_tokens
         for item in items:
+            if isinstance(item, list) and cap is not None and len(item) > cap:
+                raise BadRequestError(
+                    f"The prompt is longer than your key's limit of {cap} tokens.",
+                    param="prompt",
+                    code="prompt_too_long",
+                )
             if isinstance(item, list):
                 prompt_tokens = len(item)
             elif len(item.encode()) + max_tokens <= context or not counter.exact:
@@ -135,7 +186,7 @@ class OpenAIServing:
     # ------------------------------------------------------------------ FIM
 
     async def _fill_in_the_middle(
-        self, request: CompletionRequest, status: ModelStatus
+        self, request: CompletionRequest, status: ModelStatus, ctx: RequestContext
     ) -> Response:
         if not isinstance(request.prompt, str):
             raise BadRequestError(
@@ -146,6 +197,7 @@ class OpenAIServing:
             raise BadRequestError("echo and suffix cannot be used together.", param="echo")
         if request.logprobs is not None:
             raise BadRequestError("logprobs are not available with suffix.", param="logprobs")
+        self.check_prompt_cap(ctx, status.name, [request.prompt, request.suffix or ""])
         prepared = self.completer.prepare(
             status,
             prefix=request.prompt,
@@ -170,13 +222,16 @@ class OpenAIServing:
                 "best_of",
             },
         )
-        run = await self.completer.start(prepared, sampling, n=request.n)
+        run = await self.completer.start(prepared, sampling, n=request.n, ctx=ctx)
         headers = {REPLICA_HEADER: run.replica.replica_id}
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         if not request.stream:
             async for _ in run.deltas():
                 pass
+            ctx.usage(run.prompt_tokens, run.completion_tokens)
+            ctx.finish_reason = run.finish_reasons.get(0)
+            ctx.completion_text = run.texts.get(0)
             return JSONResponse(
                 {
                     "id": completion_id,
@@ -215,6 +270,8 @@ class OpenAIServing:
                         ],
                     }
                 )
+            ctx.usage(run.prompt_tokens, run.completion_tokens)
+            ctx.finish_reason = run.finish_reasons.get(0)
             if request.wants_usage_chunk():
                 yield sse_event(
                     {
@@ -237,27 +294,57 @@ class OpenAIServing:
     # ------------------------------------------------------------------ relay
 
     async def forward(
-        self, path: str, payload: dict[str, Any], model: str, stream: bool
+        self, ctx: RequestContext, path: str, payload: dict[str, Any], model: str, stream: bool
     ) -> Response:
-        upstream, replica = await self.dispatcher.open(model, path, payload)
-        headers = {REPLICA_HEADER: replica.replica_id}
+        client_wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+        if stream:
+            # Always ask for usage (audit, quotas, metrics); drop it again if the
+            # client did not ask for it.
+            payload["stream_options"] = {
+                **(payload.get("stream_options") or {}),
+                "include_usage": True,
+            }
+        call = await self.dispatcher.open(ctx, model, path, payload, cost=_cost(payload))
+        headers = {REPLICA_HEADER: call.replica.replica_id}
         if not stream:
             try:
-                raw = await upstream.read()
+                raw = await call.upstream.read()
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                upstream.close()
+                if call.cancel_reason == "superseded":
+                    raise Superseded() from None
                 raise UpstreamError(
-                    f"Replica {replica.replica_id} failed while answering: {exc}",
+                    f"Replica {call.replica.replica_id} failed while answering: {exc}",
                     code="replica_failed",
                     headers=headers,
                 ) from exc
-            upstream.release()
+            finally:
+                call.finish()
+            _note_usage(ctx, raw)
             return Response(raw, media_type="application/json", headers=headers)
         return StreamingResponse(
-            _relay(upstream, replica),
+            _relay(call, ctx, keep_usage=client_wants_usage),
             media_type="text/event-stream",
             headers={**headers, **_STREAM_HEADERS},
         )
+
+
+def _cost(payload: dict[str, Any]) -> float:
+    """Scheduling weight: the tokens this request may generate."""
+    limit = payload.get("max_tokens") or payload.get("max_completion_tokens") or _DEFAULT_MAX_TOKENS
+    return float(limit) * float(payload.get("n") or 1)
+
+
+def _note_usage(ctx: RequestContext, raw: bytes) -> None:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if isinstance(usage, dict):
+        ctx.usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if choices:
+        ctx.finish_reason = choices[0].get("finish_reason")
 
 
 def _usage(run: CompletionRun) -> dict[str, int]:
@@ -268,26 +355,69 @@ def _usage(run: CompletionRun) -> dict[str, int]:
     }
 
 
-async def _relay(upstream: aiohttp.ClientResponse, replica: ReplicaInfo) -> AsyncIterator[bytes]:
-    """The engine's SSE bytes as they come; a failure mid-stream becomes an
-    error event and ``[DONE]``. Leaving early (client gone) closes the engine
-    connection, which makes vLLM abort the request."""
-    finished = False
+async def _relay(
+    call: EngineCall, ctx: RequestContext, *, keep_usage: bool
+) -> AsyncIterator[bytes]:
+    """The engine's SSE events as they come, each as soon as it is complete.
+    The usage event is read (and dropped unless asked for); a failure
+    mid-stream becomes an error event and ``[DONE]``. Leaving early (client
+    gone) closes the engine connection, which makes vLLM abort the request."""
+    buffer = b""
     try:
-        async for chunk in upstream.content.iter_any():
-            yield chunk
-        finished = True
+        async for chunk in call.upstream.content.iter_any():
+            buffer += chunk
+            end = buffer.rfind(b"\n\n")
+            if end < 0:
+                continue
+            ready, buffer = buffer[: end + 2], buffer[end + 2 :]
+            if b'"usage":{' in ready:
+                ready = _take_usage(ready, ctx, keep_usage)
+            if b'"finish_reason":"' in ready:
+                _take_finish_reason(ready, ctx)
+            if ready:
+                yield ready
+        if buffer:
+            yield buffer
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        logger.warning("replica %s failed mid-stream: %s", replica.replica_id, exc)
-        error = UpstreamError(
-            f"Replica {replica.replica_id} failed mid-stream: {exc or type(exc).__name__}",
-            code="replica_failed",
-        )
+        if call.cancel_reason == "superseded":
+            ctx.outcome = "superseded"
+            error: APIError = Superseded()
+        else:
+            logger.warning("replica %s failed mid-stream: %s", call.replica.replica_id, exc)
+            ctx.outcome = "error"
+            error = UpstreamError(
+                f"Replica {call.replica.replica_id} failed mid-stream: {exc or type(exc).__name__}",
+                code="replica_failed",
+            )
+        ctx.error_code = error.code
         yield sse_error_event(error)
         yield DONE
-        finished = True
     finally:
-        if finished:
-            upstream.release()
-        else:
-            upstream.close()
+        call.finish()
+
+
+def _take_usage(events: bytes, ctx: RequestContext, keep: bool) -> bytes:
+    kept = []
+    for event in events.split(b"\n\n"):
+        if event.startswith(b"data: {") and b'"usage":{' in event:
+            try:
+                data = json.loads(event[6:])
+            except ValueError:
+                kept.append(event)
+                continue
+            usage = data.get("usage") or {}
+            ctx.usage(
+                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            )
+            if not keep and not data.get("choices"):
+                continue
+        kept.append(event)
+    return b"\n\n".join(kept)
+
+
+def _take_finish_reason(events: bytes, ctx: RequestContext) -> None:
+    marker = b'"finish_reason":"'
+    start = events.find(marker) + len(marker)
+    end = events.find(b'"', start)
+    if end > start:
+        ctx.finish_reason = events[start:end].decode(errors="replace")

@@ -5,6 +5,14 @@ keys fail loudly. The pydantic defaults *are* the embedded default
 (``deploy/config/cpu-demo.yaml`` spells them out).
 """
 
+from serving.config._admission import (
+    AdmissionConfig,
+    AuditConfig,
+    AuthConfig,
+    Lane,
+    LimitsConfig,
+    QuotaConfig,
+)
 from serving.config._engines import (
     MANAGED_ENGINE_ARGS,
     EngineConfig,
@@ -18,8 +26,14 @@ from serving.config._model import ServingConfig
 __all__ = [
     "ENV_PREFIX",
     "MANAGED_ENGINE_ARGS",
+    "AdmissionConfig",
+    "AuditConfig",
+    "AuthConfig",
     "EngineConfig",
     "GatewayConfig",
+    "Lane",
+    "LimitsConfig",
+    "QuotaConfig",
     "RayConfig",
     "ReplicaGroupConfig",
     "SandboxConfig",

@@ -25,6 +25,26 @@ class GatewayConfig(Strict):
         description="Largest request body accepted (413 above).",
     )
     max_n: int = Field(default=8, ge=1, le=128, description="Largest `n` (choices) per request.")
+    max_best_of: int = Field(default=8, ge=1, le=128, description="Largest `best_of` per request.")
+    max_header_count: int = Field(
+        default=64, ge=8, le=1024, description="Most request headers accepted (400 above)."
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest total header size (400 above).",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics without a key on this internal port; null: /metrics on the "
+        "main port, admin key required.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", min_length=1, description="Listen address of the metrics port."
+    )
     connect_timeout_s: float = Field(
         default=5.0, gt=0.0, le=600.0, description="Seconds to connect to an engine."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
+from serving.config._admission import AdmissionConfig, AuditConfig, AuthConfig, QuotaConfig
 from serving.config._base import Strict
 from serving.config._engines import RayConfig, ReplicaGroupConfig
 from serving.config._gateway import GatewayConfig, SandboxConfig, TasksConfig
@@ -16,6 +17,12 @@ class ServingConfig(Strict):
     ray: RayConfig = Field(default_factory=RayConfig, description="The Ray cluster.")
     tasks: TasksConfig = Field(
         default_factory=TasksConfig, description="Code completion, repair, test generation."
+    )
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys, allow-lists.")
+    audit: AuditConfig = Field(default_factory=AuditConfig, description="The audit log.")
+    quotas: QuotaConfig = Field(default_factory=QuotaConfig, description="Rate limits.")
+    admission: AdmissionConfig = Field(
+        default_factory=AdmissionConfig, description="Admission queue, lanes, fairness."
     )
     sandbox: SandboxConfig = Field(
         default_factory=SandboxConfig, description="Isolated execution of code."

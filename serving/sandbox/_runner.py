@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from serving.config import SandboxConfig
 from serving.errors import ServiceUnavailableError
+from serving.observability.metrics import GatewayMetrics
 from serving.sandbox._isolation import Isolation, PidsCgroup, detect_isolation
 
 logger = logging.getLogger("seed_serve.sandbox")
@@ -44,8 +45,15 @@ class SandboxResult:
 
 
 class Sandbox:
-    def __init__(self, config: SandboxConfig, *, python: str | None = None) -> None:
+    def __init__(
+        self,
+        config: SandboxConfig,
+        *,
+        python: str | None = None,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.python = python or sys.executable
         self.isolation: Isolation | None
         self.isolation, self.note = detect_isolation(
@@ -89,7 +97,18 @@ class Sandbox:
         (``env``: extra variables; the environment is otherwise empty)."""
         isolation = self.require()
         async with self._slots:
-            return await asyncio.to_thread(self._run, isolation, files, args, collect, env or {})
+            result = await asyncio.to_thread(self._run, isolation, files, args, collect, env or {})
+        if self.metrics is not None:
+            if result.timed_out:
+                outcome = "timeout"
+            elif result.exit_code == 0:
+                outcome = "ok"
+            elif result.exit_code is not None and result.exit_code < 0:
+                outcome = "killed"
+            else:
+                outcome = "failed"
+            self.metrics.sandbox_runs.labels(outcome=outcome).inc()
+        return result
 
     # ------------------------------------------------------------------ internals
 

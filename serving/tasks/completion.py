@@ -4,19 +4,21 @@ as soon as the suggestion is complete (no GPU time spent on text we drop)."""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
+from serving.admission.context import RequestContext
+from serving.admission.scheduler import Superseded
 from serving.config import TasksConfig
-from serving.engines.dispatch import Dispatcher
+from serving.engines.dispatch import Dispatcher, EngineCall
 from serving.engines.registry import ModelStatus, ReplicaRegistry
 from serving.engines.sse import sse_events
 from serving.engines.types import ReplicaInfo
-from serving.errors import BadRequestError
+from serving.errors import BadRequestError, UpstreamError
 from serving.tasks.fim import fim_template, fit_to_budget
 from serving.tasks.postprocess import CompletionContext, Mode, StreamingPostProcessor
 
@@ -53,8 +55,7 @@ class CompletionRun:
     """One generation in flight; iterate :meth:`deltas`, then read the counts."""
 
     prepared: PreparedCompletion
-    replica: ReplicaInfo
-    upstream: aiohttp.ClientResponse
+    call: EngineCall
     n: int
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -66,7 +67,7 @@ class CompletionRun:
         healers = {i: _WhitespaceHealer(self.prepared.healed) for i in range(self.n)}
         self.texts = dict.fromkeys(range(self.n), "")
         try:
-            async for event in sse_events(self.upstream):
+            async for event in sse_events(self.call.upstream):
                 if event.get("usage") and not event.get("choices"):
                     continue
                 for choice in event.get("choices", []):
@@ -91,11 +92,16 @@ class CompletionRun:
                         yield ChoiceDelta(index, text, reason)
                 if len(self.finish_reasons) == self.n:
                     break  # every suggestion is complete: stop generating
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            if self.call.cancel_reason == "superseded":
+                raise Superseded() from None
+            raise UpstreamError(
+                f"Replica {self.replica.replica_id} failed mid-answer: {exc or type(exc).__name__}",
+                code="replica_failed",
+            ) from None
         finally:
-            if self.upstream.content.at_eof():
-                self.upstream.release()  # keep the connection for the next request
-            else:
-                self.upstream.close()  # the engine aborts a request whose client left
+            # Early exits close the connection, which makes vLLM abort the request.
+            self.call.finish()
         for index, processor in processors.items():
             if index not in self.finish_reasons:  # stream ended without a reason
                 processor.feed(healers[index].feed("", final=True))
@@ -104,9 +110,9 @@ class CompletionRun:
                 self.finish_reasons[index] = "stop"
                 yield ChoiceDelta(index, text, "stop")
 
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.upstream.close()
+    @property
+    def replica(self) -> ReplicaInfo:
+        return self.call.replica
 
 
 class _WhitespaceHealer:
@@ -219,7 +225,7 @@ class CodeCompleter:
         sampling: dict[str, Any],
         *,
         n: int = 1,
-        priority: int = 0,
+        ctx: RequestContext | None = None,
     ) -> CompletionRun:
         payload: dict[str, Any] = {
             **sampling,
@@ -230,20 +236,26 @@ class CodeCompleter:
             "stream": True,
             "return_token_ids": True,
             "skip_special_tokens": True,
-            "priority": priority,
         }
         if prepared.stop:
             payload["stop"] = prepared.stop[:16]
         if prepared.stop_token_ids:
             payload["stop_token_ids"] = prepared.stop_token_ids
-        upstream, replica = await self.dispatcher.open(prepared.model, "/v1/completions", payload)
-        return CompletionRun(prepared=prepared, replica=replica, upstream=upstream, n=n)
+        call = await self.dispatcher.open(
+            ctx, prepared.model, "/v1/completions", payload, cost=prepared.max_tokens * n
+        )
+        return CompletionRun(prepared=prepared, call=call, n=n)
 
     async def complete(
-        self, prepared: PreparedCompletion, sampling: dict[str, Any], *, n: int = 1
+        self,
+        prepared: PreparedCompletion,
+        sampling: dict[str, Any],
+        *,
+        n: int = 1,
+        ctx: RequestContext | None = None,
     ) -> CompletionRun:
         """Run to the end (non-streaming callers)."""
-        run = await self.start(prepared, sampling, n=n)
+        run = await self.start(prepared, sampling, n=n, ctx=ctx)
         async for _ in run.deltas():
             pass
         return run

@@ -24,6 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from serving.admission.context import RequestContext
 from serving.engines.registry import ModelStatus
 from serving.sandbox import PytestReport, Sandbox, run_pytest
 from serving.tasks.completion import CodeCompleter
@@ -117,6 +118,7 @@ class Repairer:
         temperature: float,
         seed: int | None,
         max_tokens: int,
+        ctx: RequestContext | None = None,
     ) -> RepairResult:
         lines = code.split("\n")
         line = error_line(error, code, path)
@@ -141,7 +143,9 @@ class Repairer:
             per_plan[extra % len(per_plan)] += 1
         results = await asyncio.gather(
             *(
-                self._generate(status, plan, count, temperature, seed, max_tokens, language, code)
+                self._generate(
+                    status, plan, count, temperature, seed, max_tokens, language, code, ctx
+                )
                 for plan, count in zip(plans, per_plan, strict=False)
             )
         )
@@ -197,6 +201,7 @@ class Repairer:
         max_tokens: int,
         language: str,
         code: str,
+        ctx: RequestContext | None,
     ) -> tuple[list[Candidate], int, int]:
         strategy, prefix, suffix, mode, head = plan
         if strategy == "file":
@@ -228,7 +233,7 @@ class Repairer:
             sampling: dict[str, object] = {"temperature": run_temperature}
             if seed is not None:
                 sampling["seed"] = seed
-            run = await self.completer.complete(prepared, sampling, n=n)
+            run = await self.completer.complete(prepared, sampling, n=n, ctx=ctx)
             prompt_tokens += run.prompt_tokens
             completion_tokens += run.completion_tokens
             for index in range(n):

@@ -17,6 +17,7 @@ import contextlib
 import warnings
 from dataclasses import dataclass
 
+from serving.admission.context import RequestContext
 from serving.engines.registry import ModelStatus
 from serving.sandbox import PytestReport, Sandbox, run_pytest
 from serving.tasks.completion import CodeCompleter
@@ -213,6 +214,7 @@ class TestWriter:
         seed: int | None,
         max_tokens: int,
         regenerations: int,
+        ctx: RequestContext | None = None,
     ) -> TestsResult:
         if strength == "thorough":
             max_tokens *= 2
@@ -239,7 +241,7 @@ class TestWriter:
             sampling: dict[str, object] = {"temperature": 0.0 if greedy else temperature}
             if seed is not None:
                 sampling["seed"] = seed + round_number
-            run = await self.completer.start(prepared, sampling, n=n_candidates)
+            run = await self.completer.start(prepared, sampling, n=n_candidates, ctx=ctx)
             async with contextlib.aclosing(run.deltas()) as deltas:
                 async for _ in deltas:
                     # Enough complete tests in every answer: stop generating.

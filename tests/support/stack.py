@@ -66,11 +66,18 @@ class SeedServeProcess:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "config.yaml"
-        self.config_path.write_text(yaml.safe_dump(config))
         self.home = workdir / "home"
         self.log_path = workdir / f"{command}.log"
+        auth = config.setdefault("auth", {})
+        auth.setdefault("keys_file", str(workdir / "keys.yaml"))
+        auth.setdefault("demo_key_file", str(workdir / "demo-key"))
+        config.setdefault("audit", {}).setdefault("file", str(workdir / "audit.jsonl"))
+        self.keys_file = Path(auth["keys_file"])
+        self.demo_key_file = Path(auth["demo_key_file"]) if auth["demo_key_file"] else None
+        self.audit_file = Path(config["audit"]["file"])
         self.port = int(config["gateway"]["port"])
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.config_path.write_text(yaml.safe_dump(config))
         process_env = {**os.environ, "SEED_SERVE_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
         process_env.update(env or {})
         self._log = open(self.log_path, "wb")
@@ -89,6 +96,28 @@ class SeedServeProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+
+    @property
+    def api_key(self) -> str:
+        """The demo key `seed-serve up` created (tenant demo)."""
+        assert self.demo_key_file is not None, "this process has no demo key"
+        return self.demo_key_file.read_text().strip()
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    @property
+    def http(self) -> httpx.Client:
+        """HTTP with this stack's demo key."""
+        if getattr(self, "_http", None) is None:
+            self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=300)
+        return self._http
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        if not self.audit_file.exists():
+            return []
+        return [json.loads(line) for line in self.audit_file.read_text().splitlines() if line]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -145,3 +174,49 @@ class SeedServeProcess:
                 pass
         if self.process.poll() is None:
             self.process.kill()
+
+
+def replica_endpoints(stack: SeedServeProcess) -> list[dict[str, Any]]:
+    """Each replica's engine URL and secret, asked of the controller through Ray
+    (what a gateway learns; tests use it to read engines' own metrics)."""
+    from serving.ray_cluster import init_ray
+
+    state = stack.run_state()
+    init_ray(address=state["ray_address"], namespace=state["namespace"], log_to_driver=False)
+    import ray
+
+    try:
+        controller = ray.get_actor(state["controller_name"])
+        return list(ray.get(controller.list_replicas.remote()))
+    finally:
+        ray.shutdown()
+
+
+def engine_metric(replica: dict[str, Any], name: str) -> float:
+    """Sum of one vLLM metric of one engine (e.g. vllm:num_requests_running)."""
+    response = httpx.get(
+        replica["url"] + "/metrics",
+        headers={"Authorization": f"Bearer {replica['token']}"},
+        timeout=10,
+    )
+    total = 0.0
+    for line in response.text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class JoinedGateway(SeedServeProcess):
+    """`seed-serve gateway` joined to a running stack's Ray cluster (no engine start-up)."""
+
+    def __init__(self, stack: SeedServeProcess, workdir: Path, config: dict[str, Any]) -> None:
+        state = stack.run_state()
+        merged = {
+            "gateway": {"host": "127.0.0.1", "port": free_port()},
+            "ray": {"namespace": state["namespace"]},
+            **config,
+        }
+        merged.setdefault("auth", {}).setdefault("demo_key_file", None)
+        super().__init__(
+            "gateway", merged, workdir, extra_args=["--ray-address", state["ray_address"]]
+        )

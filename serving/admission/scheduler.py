@@ -1,0 +1,284 @@
+"""The admission queue: batching across developers, lanes, fairness, supersession.
+
+Each replica runs up to an in-flight *target* of requests (its batch stays full
+but not over-full; the target adapts to the engine's own waiting count and KV
+usage). Requests beyond that wait here, not in vLLM's first-come queue: the
+highest lane first (completion > repair > tests), and inside a lane by
+weighted fair queuing on virtual token counters per key, so one developer's
+flood cannot delay another developer's completion. A new completion for the
+same document of the same key supersedes the older one (queued or running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from serving.config import AdmissionConfig
+from serving.engines.registry import ReplicaRegistry
+from serving.engines.router import RoundRobinRouter
+from serving.engines.stats import EngineStatsPoller
+from serving.engines.types import ReplicaInfo
+from serving.errors import ConflictError, ServiceUnavailableError
+from serving.observability.metrics import GatewayMetrics
+
+logger = logging.getLogger("seed_serve.admission")
+
+LANES = ("completion", "repair", "tests")
+_ORDER = itertools.count()
+
+
+class Superseded(ConflictError):
+    def __init__(self) -> None:
+        super().__init__(
+            "A newer completion for the same document replaced this one.", code="superseded"
+        )
+
+
+@dataclass(eq=False)
+class Ticket:
+    model: str
+    lane: str
+    key: str
+    document: str | None = None
+    cost: float = 1.0
+    exclude: frozenset[str] = frozenset()
+    enqueued: float = field(default_factory=time.monotonic)
+    dispatched: float | None = None
+    replica: ReplicaInfo | None = None
+    cancel_reason: str | None = None
+    on_cancel: Callable[[str], None] | None = None
+    future: asyncio.Future[ReplicaInfo] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    virtual_finish: float = 0.0
+    order: int = field(default_factory=lambda: next(_ORDER))
+
+    @property
+    def waited_s(self) -> float:
+        return (self.dispatched or time.monotonic()) - self.enqueued
+
+
+@dataclass
+class Lease:
+    """A replica slot held for one request; release it when the answer is done."""
+
+    scheduler: AdmissionScheduler
+    ticket: Ticket
+    released: bool = False
+
+    @property
+    def replica(self) -> ReplicaInfo:
+        assert self.ticket.replica is not None
+        return self.ticket.replica
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.scheduler.release(self.ticket)
+
+
+class AdmissionScheduler:
+    def __init__(
+        self,
+        config: AdmissionConfig,
+        registry: ReplicaRegistry,
+        router: RoundRobinRouter,
+        metrics: GatewayMetrics,
+        stats: EngineStatsPoller | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.router = router
+        self.metrics = metrics
+        self.stats = stats
+        # model -> lane -> heap of (virtual finish, order, ticket)
+        self._queues: dict[str, dict[str, list[tuple[float, int, Ticket]]]] = defaultdict(
+            lambda: {lane: [] for lane in LANES}
+        )
+        self._lane_clock: dict[tuple[str, str], float] = defaultdict(float)
+        self._key_clock: dict[tuple[str, str, str], float] = defaultdict(float)
+        self._inflight: dict[str, set[Ticket]] = defaultdict(set)
+        self._targets: dict[str, int] = {}
+        self._documents: dict[tuple[str, str], Ticket] = {}
+        self._queued = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._tick_forever())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.stats_interval_s)
+            try:
+                self._adapt()
+                for model in list(self._queues):
+                    self._dispatch(model)
+            except Exception:
+                logger.exception("admission tick failed")
+
+    # ------------------------------------------------------------------ capacity
+
+    def target(self, replica_id: str) -> int:
+        return self._targets.get(replica_id, self.config.target_inflight_per_replica)
+
+    def inflight(self, replica_id: str) -> int:
+        return len(self._inflight.get(replica_id, ()))
+
+    def _adapt(self) -> None:
+        """Shrink a replica's target while its engine queues or runs out of KV
+        cache; grow it back while it is full and the engine keeps up."""
+        base = self.config.target_inflight_per_replica
+        for replica in self.registry.all():
+            rid = replica.replica_id
+            target = self.target(rid)
+            stats = self.stats.stats.get(rid) if self.stats else None
+            if self.config.adaptive and stats is not None:
+                if stats.waiting > 0 or stats.kv_cache_usage > 0.95:
+                    target = max(1, target - 1)
+                elif self.inflight(rid) >= target and stats.kv_cache_usage < 0.85:
+                    target = min(4 * base, target + 1)
+            self._targets[rid] = target
+            self.metrics.replica_inflight_target.labels(replica=rid).set(target)
+
+    # ------------------------------------------------------------------ queueing
+
+    def _free_replicas(self, model: str, exclude: frozenset[str]) -> list[ReplicaInfo]:
+        return [
+            r
+            for r in self.registry.ready(model)
+            if r.replica_id not in exclude
+            and self.inflight(r.replica_id) < self.target(r.replica_id)
+        ]
+
+    def _push(self, ticket: Ticket) -> None:
+        lane_key = (ticket.model, ticket.lane)
+        key_key = (ticket.model, ticket.lane, ticket.key)
+        start = max(self._lane_clock[lane_key], self._key_clock[key_key])
+        ticket.virtual_finish = start + ticket.cost
+        self._key_clock[key_key] = ticket.virtual_finish
+        heapq.heappush(
+            self._queues[ticket.model][ticket.lane], (ticket.virtual_finish, ticket.order, ticket)
+        )
+        self._queued += 1
+        self.metrics.queue_depth.labels(lane=ticket.lane).inc()
+
+    def _remove(self, ticket: Ticket) -> bool:
+        heap = self._queues[ticket.model][ticket.lane]
+        for index, (_, _, queued) in enumerate(heap):
+            if queued is ticket:
+                heap.pop(index)
+                heapq.heapify(heap)
+                self._queued -= 1
+                self.metrics.queue_depth.labels(lane=ticket.lane).dec()
+                return True
+        return False
+
+    def _dispatch(self, model: str) -> None:
+        lanes = self._queues.get(model)
+        if not lanes:
+            return
+        while True:
+            heap = next((lanes[lane] for lane in LANES if lanes[lane]), None)
+            if heap is None:
+                return
+            ticket = heap[0][2]
+            free = self._free_replicas(model, ticket.exclude)
+            if not free:
+                return  # lower lanes must not overtake the head of a higher one
+            heapq.heappop(heap)
+            self._queued -= 1
+            self.metrics.queue_depth.labels(lane=ticket.lane).dec()
+            self._lane_clock[(model, ticket.lane)] = ticket.virtual_finish
+            replica = self.router.pick(model, free)
+            ticket.replica = replica
+            ticket.dispatched = time.monotonic()
+            self._inflight[replica.replica_id].add(ticket)
+            self.metrics.queue_wait.labels(lane=ticket.lane).observe(ticket.waited_s)
+            if not ticket.future.done():
+                ticket.future.set_result(replica)
+
+    def _supersede(self, ticket: Ticket) -> None:
+        if ticket.document is None:
+            return
+        slot = (ticket.key, ticket.document)
+        older = self._documents.get(slot)
+        self._documents[slot] = ticket
+        if older is None or older.cancel_reason is not None:
+            return
+        older.cancel_reason = "superseded"
+        self.metrics.cancellations.labels(reason="superseded").inc()
+        if self._remove(older):
+            if not older.future.done():
+                older.future.set_exception(Superseded())
+        elif older.on_cancel is not None:
+            older.on_cancel("superseded")
+
+    async def acquire(self, ticket: Ticket) -> Lease:
+        """Wait for a replica slot (503 when the queue is full or the wait too long)."""
+        if self.config.supersede and ticket.lane == "completion":
+            self._supersede(ticket)
+        if not self.registry.ready(ticket.model):
+            raise ServiceUnavailableError(
+                f"No replica of model `{ticket.model}` is ready yet; retry shortly.",
+                code="no_ready_replica",
+                headers={"Retry-After": "2"},
+            )
+        if self._queued >= self.config.max_queue and not self._free_replicas(
+            ticket.model, ticket.exclude
+        ):
+            self.metrics.rejections.labels(reason="backpressure").inc()
+            raise ServiceUnavailableError(
+                "The server is at capacity (admission queue full); retry shortly.",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            )
+        self._push(ticket)
+        self._dispatch(ticket.model)
+        try:
+            await asyncio.wait_for(asyncio.shield(ticket.future), self.config.queue_timeout_s)
+        except asyncio.TimeoutError:
+            self._remove(ticket)
+            self.metrics.rejections.labels(reason="backpressure").inc()
+            raise ServiceUnavailableError(
+                f"No engine slot within {self.config.queue_timeout_s:g}s; retry shortly.",
+                code="queue_timeout",
+                headers={"Retry-After": "2"},
+            ) from None
+        except BaseException:
+            # Cancelled while waiting (client gone) or superseded: leave no trace.
+            if not self._remove(ticket) and ticket.replica is not None:
+                self.release(ticket)
+            raise
+        return Lease(self, ticket)
+
+    def release(self, ticket: Ticket) -> None:
+        if ticket.replica is not None:
+            self._inflight[ticket.replica.replica_id].discard(ticket)
+        if (
+            ticket.document is not None
+            and self._documents.get((ticket.key, ticket.document)) is ticket
+        ):
+            del self._documents[(ticket.key, ticket.document)]
+        self._dispatch(ticket.model)
+
+    def queued(self, lane: str | None = None) -> int:
+        if lane is None:
+            return self._queued
+        return sum(len(lanes[lane]) for lanes in self._queues.values())

@@ -1,0 +1,158 @@
+"""Config of who gets in and how much: keys, allow-lists, audit, quotas, lanes."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from serving.config._base import Strict
+from serving.paths import seed_serve_home
+
+Lane = Literal["completion", "repair", "tests"]
+
+
+def _cidrs(values: list[str]) -> list[str]:
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP network (CIDR)") from None
+    return values
+
+
+class AuthConfig(Strict):
+    """API keys and network allow-lists."""
+
+    enabled: bool = Field(
+        default=True, description="Require an API key on every route but /health and /ready."
+    )
+    keys_file: str = Field(
+        default_factory=lambda: str(seed_serve_home() / "keys.yaml"),
+        min_length=1,
+        description="The keys file (hashes only; `seed-serve keys` edits it; reloaded on change).",
+    )
+    reload_interval_s: float = Field(
+        default=2.0, gt=0, le=3600, description="How often the keys file is checked for changes."
+    )
+    demo_key_file: str | None = Field(
+        default_factory=lambda: str(seed_serve_home() / "demo-key"),
+        description="`seed-serve up` creates a key for tenant `demo` on first start and writes "
+        "its secret here (mode 0600); null: never.",
+    )
+    allowed_cidrs: list[str] = Field(
+        default_factory=list, description="Client networks allowed at all (empty: any)."
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Proxies whose X-Forwarded-For is believed (empty: the header is ignored).",
+    )
+
+    _check = field_validator("allowed_cidrs", "trusted_proxies")(_cidrs)
+
+
+class AuditConfig(Strict):
+    """One JSON line per request, whatever its outcome."""
+
+    file: str | None = Field(
+        default_factory=lambda: str(seed_serve_home() / "audit" / "audit.jsonl"),
+        description="Append-only audit log (null: none).",
+    )
+    stdout: bool = Field(default=False, description="Also write audit lines to standard output.")
+    max_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=4096, description="Rotate the file when it grows past this."
+    )
+    backup_count: int = Field(default=5, ge=0, le=1000, description="Rotated files kept.")
+    prompts: Literal["off", "hash", "text"] = Field(
+        default="off",
+        description="Prompt/completion text in the log: off, a SHA-256 hash, or the text itself.",
+    )
+
+
+class LimitsConfig(Strict):
+    """Default limits of every key and tenant that sets none itself."""
+
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute.")
+    tpm: int | None = Field(
+        default=None, ge=1, description="Tokens (prompt + completion) per minute."
+    )
+    max_concurrency: int | None = Field(
+        default=None, ge=1, description="Requests in flight at once."
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Largest max_tokens of a request."
+    )
+    max_prompt_tokens: int | None = Field(
+        default=None, ge=1, description="Largest prompt of a request, in tokens."
+    )
+    max_n: int | None = Field(default=None, ge=1, description="Largest n of a request.")
+
+
+class QuotaConfig(Strict):
+    """Where rate limits are counted."""
+
+    backend: Literal["memory", "redis"] = Field(
+        default="memory",
+        description="memory: this gateway process only; redis: shared by every gateway replica.",
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0", min_length=1, description="Redis for shared limits."
+    )
+    redis_timeout_s: float = Field(
+        default=0.25, gt=0, le=30, description="Per-call Redis timeout (it is on the request path)."
+    )
+    on_redis_failure: Literal["open", "closed"] = Field(
+        default="open",
+        description="When Redis cannot be reached: open (admit, log and count) or closed (503).",
+    )
+    key_defaults: LimitsConfig = Field(
+        default_factory=LimitsConfig, description="Limits of keys that set none."
+    )
+    tenant_defaults: LimitsConfig = Field(
+        default_factory=LimitsConfig, description="Limits of tenants that set none."
+    )
+
+
+class AdmissionConfig(Strict):
+    """The gateway's admission queue: batching, lanes, fairness, supersession."""
+
+    target_inflight_per_replica: int = Field(
+        default=8,
+        ge=1,
+        le=4096,
+        description="Requests each replica runs at once; more wait in the gateway's queue, where "
+        "lanes and fairness order them.",
+    )
+    adaptive: bool = Field(
+        default=True,
+        description="Adapt each replica's in-flight target from its waiting count and KV usage.",
+    )
+    max_queue: int = Field(
+        default=512, ge=0, le=1_000_000, description="Requests waiting at most (503 beyond)."
+    )
+    queue_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Longest wait in the queue before a 503."
+    )
+    lane_priority: dict[str, int] = Field(
+        default_factory=lambda: {"completion": 0, "repair": 1, "tests": 2},
+        description="vLLM request priority of each lane (lower runs first).",
+    )
+    supersede: bool = Field(
+        default=True,
+        description="A new completion for the same document and key cancels the older one.",
+    )
+    stats_interval_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often engine load is read (off the request path).",
+    )
+
+    @field_validator("lane_priority")
+    @classmethod
+    def _every_lane(cls, value: dict[str, int]) -> dict[str, int]:
+        lanes = {"completion", "repair", "tests"}
+        if set(value) != lanes:
+            raise ValueError(f"give exactly the lanes {', '.join(sorted(lanes))}")
+        return value

@@ -1,0 +1,1 @@
+"""Metrics, the audit log and structured logs."""

@@ -1,0 +1,183 @@
+"""Every Prometheus metric of the gateway, declared in one place.
+
+Names start with ``seed_serve_``; counters end in ``_total``, durations are
+``_seconds`` histograms with buckets fit for code completion (fine-grained
+from 5 ms). Labels are bounded: task, model, tenant (configured tenants),
+lane, status, replica, reason, language, event, outcome; never users or keys.
+Each gateway app owns its own registry (no module-level state).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
+    0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 60.0,
+)  # fmt: skip
+TOKEN_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0,
+)  # fmt: skip
+
+TASKS = ("completion", "chat", "code_completion", "repair", "tests", "other")
+REJECTION_REASONS = ("auth", "forbidden", "quota", "backpressure", "invalid", "draining")
+CANCEL_REASONS = ("disconnect", "superseded", "timeout")
+SUGGESTION_EVENTS = ("shown", "accepted", "dismissed")
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "seed_serve_requests_total",
+            "Requests answered.",
+            ["task", "model", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "seed_serve_request_duration_seconds",
+            "Whole request time, first byte in to last byte out.",
+            ["task", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "seed_serve_time_to_first_token_seconds",
+            "Time to the first byte of the answer (streams: the first token).",
+            ["task", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "seed_serve_time_per_output_token_seconds",
+            "Generation time per output token after the first.",
+            ["task", "model"],
+            buckets=TOKEN_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "seed_serve_prompt_tokens_total", "Prompt tokens.", ["tenant", "task"], registry=r
+        )
+        self.completion_tokens = Counter(
+            "seed_serve_completion_tokens_total",
+            "Completion tokens.",
+            ["tenant", "task"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "seed_serve_rejections_total",
+            "Requests refused before any engine work.",
+            ["reason"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "seed_serve_admission_queue_depth",
+            "Requests waiting in the admission queue.",
+            ["lane"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "seed_serve_admission_queue_wait_seconds",
+            "Time a request waited for an engine slot.",
+            ["lane"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge(
+            "seed_serve_inflight_requests", "Requests being answered now.", registry=r
+        )
+        self.cancellations = Counter(
+            "seed_serve_cancellations_total",
+            "Requests cancelled before they finished.",
+            ["reason"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "seed_serve_retries_total",
+            "Requests retried on another replica before any token.",
+            registry=r,
+        )
+        self.failovers = Counter(
+            "seed_serve_failovers_total",
+            "Replica failures met by in-flight requests.",
+            ["replica"],
+            registry=r,
+        )
+        self.replica_up = Gauge(
+            "seed_serve_replica_up",
+            "1 if the replica's engine process is alive.",
+            ["replica", "model"],
+            registry=r,
+        )
+        self.replica_ready = Gauge(
+            "seed_serve_replica_ready",
+            "1 if the replica takes traffic.",
+            ["replica", "model"],
+            registry=r,
+        )
+        self.replica_running = Gauge(
+            "seed_serve_replica_running_requests",
+            "Requests the engine is running.",
+            ["replica"],
+            registry=r,
+        )
+        self.replica_waiting = Gauge(
+            "seed_serve_replica_waiting_requests",
+            "Requests waiting in the engine.",
+            ["replica"],
+            registry=r,
+        )
+        self.replica_kv_usage = Gauge(
+            "seed_serve_replica_kv_cache_usage_ratio",
+            "KV-cache blocks in use (0-1).",
+            ["replica"],
+            registry=r,
+        )
+        self.replica_prefix_hit = Gauge(
+            "seed_serve_replica_prefix_cache_hit_ratio",
+            "Prefix-cache hits / queries since the engine started (0-1).",
+            ["replica"],
+            registry=r,
+        )
+        self.replica_inflight_target = Gauge(
+            "seed_serve_replica_inflight_target",
+            "The gateway's in-flight target.",
+            ["replica"],
+            registry=r,
+        )
+        self.sandbox_runs = Counter(
+            "seed_serve_sandbox_executions_total",
+            "Sandbox runs by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.suggestions = Counter(
+            "seed_serve_suggestions_total",
+            "Suggestion events reported by clients.",
+            ["task", "language", "event"],
+            registry=r,
+        )
+        self.accepted_chars = Counter(
+            "seed_serve_suggestion_accepted_chars_total",
+            "Characters of suggestions accepted.",
+            ["task", "language"],
+            registry=r,
+        )
+        self.quota_store_errors = Counter(
+            "seed_serve_quota_store_errors_total",
+            "Quota store (Redis) failures.",
+            ["mode"],
+            registry=r,
+        )
+        self.audit_write_errors = Counter(
+            "seed_serve_audit_write_errors_total",
+            "Audit lines that could not be written.",
+            registry=r,
+        )
+        self.keys_reloads = Counter(
+            "seed_serve_keys_reloads_total", "Keys file reloads.", ["result"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
