@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 EXTRA  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 DEMO_MODEL := $(or $(SEED_SERVE_HOME),$(HOME)/.cache/seed-serve)/models/smollm2-135m-instruct/.seed-serve-complete
 
-.PHONY: run test install install-dev demo-model sandbox-tools lint typecheck clean
+.PHONY: run test install install-dev demo-model system-tools lint typecheck clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,22 +40,27 @@ $(DEMO_MODEL): | $(VENV)/.installed-$(EXTRA)
 
 demo-model: $(DEMO_MODEL)
 
-# Code tasks run generated code only inside bubblewrap; install it where we can
-# (Debian/Ubuntu as root). Without it the gateway refuses to run code (503).
-sandbox-tools:
-	@command -v bwrap >/dev/null 2>&1 || { \
+# System packages from Debian, installed where we can (root + apt-get):
+# bubblewrap, the sandbox for generated code (without it code tasks answer
+# 503), and redis-server, which the tests start for shared rate limits.
+SYSTEM_TOOLS := bwrap:bubblewrap redis-server:redis-server
+system-tools:
+	@for pair in $(SYSTEM_TOOLS); do \
+		cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+		command -v $$cmd >/dev/null 2>&1 && continue; \
 		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-			echo "installing bubblewrap (sandbox for generated code)"; \
-			apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
-			{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null; }; \
+			echo "installing $$pkg"; \
+			apt-get install -y -qq $$pkg >/dev/null 2>&1 || \
+			{ apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$pkg >/dev/null; }; \
 		else \
-			echo "WARNING: bubblewrap (bwrap) is missing: install it (e.g. apt-get install bubblewrap) for code tasks"; \
-		fi; }
+			echo "WARNING: $$cmd is missing: install the $$pkg package"; \
+		fi; \
+	done
 
-run: install demo-model sandbox-tools
+run: install demo-model system-tools
 	$(VENV)/bin/seed-serve up $(ARGS)
 
-test: install-dev demo-model sandbox-tools
+test: install-dev demo-model system-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install-dev

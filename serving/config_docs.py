@@ -16,11 +16,11 @@ from serving.config import (
     AuthConfig,
     EngineConfig,
     GatewayConfig,
+    LimitsConfig,
+    QuotaConfig,
     RayConfig,
     ReplicaGroupConfig,
     SandboxConfig,
-    LimitsConfig,
-    QuotaConfig,
     ServingConfig,
     TasksConfig,
 )

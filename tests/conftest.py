@@ -10,7 +10,7 @@ import pytest
 
 from serving.paths import demo_model_dir, seed_serve_home
 from serving.tiny_model import build_tiny_model
-from tests.support.stack import SeedServeProcess, free_port, tiny_config
+from tests.support.stack import ENGINE_CORES, SeedServeProcess, free_port, tiny_config
 
 TINY_MODEL = "tiny-llama"
 DEMO_MODEL = "smollm2-135m-demo"
@@ -59,6 +59,7 @@ def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServePr
                     "served_model_name": DEMO_MODEL,
                     "max_model_len": 2048,
                     "cpu_kv_cache_gib": 1,
+                    "cpu_affinity": ENGINE_CORES,
                 },
             }
         ],

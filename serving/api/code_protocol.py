@@ -7,8 +7,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
-def _utf8(value: str) -> str:
+def _utf8(value: str | None) -> str | None:
     """JSON may carry lone surrogates (\\ud800); they are not text we can run or show."""
+    if value is None:
+        return None
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

@@ -120,7 +120,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception(
         "unhandled error on %s (request %s)",
         request.url.path,
-        request.headers.get("x-request-id", "-"),
+        request.scope.get("state", {}).get("request_id", "-"),
     )
     return JSONResponse(
         error_payload(

@@ -92,6 +92,11 @@ class EngineConfig(Strict):
         le=4096,
         description="KV-cache size in GiB on CPU engines (VLLM_CPU_KVCACHE_SPACE).",
     )
+    cpu_affinity: list[int] | None = Field(
+        default=None,
+        description="CPU cores the engine's processes may run on (CPU engines; null: all). "
+        "On small hosts, keeping a core free for the gateway keeps its latency steady.",
+    )
     max_num_seqs: int | None = Field(
         default=None, ge=1, le=4096, description="Most sequences one engine batch holds."
     )
@@ -125,6 +130,18 @@ class EngineConfig(Strict):
         if value is not None and not value.strip():
             raise ValueError("must not be blank")
         return os.path.expanduser(value) if value and value.startswith("~") else value
+
+    @field_validator("cpu_affinity")
+    @classmethod
+    def _cores_exist(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("give at least one core, or null for all")
+            available = os.cpu_count() or 1
+            bad = [core for core in value if core < 0 or core >= available]
+            if bad:
+                raise ValueError(f"cores {bad} do not exist here (0-{available - 1})")
+        return value
 
     @field_validator("fim_template")
     @classmethod

@@ -70,6 +70,7 @@ class ReplicaActor:
             engine_command(engine, host=self.host, port=self.port),
             engine_environment(engine, token=self.token),
             self.log_path,
+            cpus=engine.cpu_affinity,
         )
 
     def _bind_host(self, local_ray: bool) -> str:
