@@ -339,3 +339,33 @@ def test_audit_lines_rotate_and_never_carry_text_unless_asked(tmp_path: Path) ->
         hashed.text_field("secret code")
         == "sha256:" + __import__("hashlib").sha256(b"secret code").hexdigest()
     )
+
+
+def test_inflight_target_adapts_to_engine_load() -> None:
+    from serving.engines.stats import EngineStats
+
+    class Stats:
+        stats: dict[str, EngineStats] = {}
+
+    async def run() -> list[int]:
+        scheduler, registry = _scheduler(target=4)
+        scheduler.config.adaptive = True
+        scheduler.stats = Stats()  # type: ignore[assignment]
+        await registry.refresh()
+        seen = []
+        Stats.stats["r-0"] = EngineStats(waiting=3)  # the engine queues: over-full
+        scheduler._adapt()
+        scheduler._adapt()
+        seen.append(scheduler.target("r-0"))
+        leases = [await scheduler.acquire(Ticket("m", "completion", str(i))) for i in range(2)]
+        Stats.stats["r-0"] = EngineStats(waiting=0, kv_cache_usage=0.2)  # full, and keeping up
+        scheduler._adapt()
+        seen.append(scheduler.target("r-0"))
+        Stats.stats["r-0"] = EngineStats(kv_cache_usage=0.99)  # out of KV cache
+        scheduler._adapt()
+        seen.append(scheduler.target("r-0"))
+        for lease in leases:
+            lease.release()
+        return seen
+
+    assert asyncio.run(run()) == [2, 3, 2]

@@ -232,3 +232,16 @@ def test_health_and_ready(tiny_stack: SeedServeProcess) -> None:
     ready = tiny_stack.http.get(tiny_stack.base_url + "/ready")
     assert ready.status_code == 200
     assert ready.json()["replicas"] == {"tiny-0": "ready", "tiny-1": "ready"}
+
+
+def test_header_limits_and_best_of(tiny_stack: SeedServeProcess) -> None:
+    url = tiny_stack.base_url + "/v1/completions"
+    body = {"model": TINY_MODEL, "prompt": "x", "max_tokens": 1}
+    many = {f"x-extra-{i}": "1" for i in range(80)}
+    response = tiny_stack.http.post(url, json=body, headers=many)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "request_headers_too_large"
+    huge = tiny_stack.http.post(url, json=body, headers={"x-blob": "y" * 20000})
+    assert huge.status_code == 400
+    best_of = tiny_stack.http.post(url, json={**body, "best_of": 50})
+    assert best_of.status_code == 400 and best_of.json()["error"]["param"] == "best_of"
