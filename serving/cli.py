@@ -106,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", help="Revoke a key by id.")
     revoke.add_argument("key_id")
 
+    scale = commands.add_parser(
+        "scale", help="Set a replica group's size at runtime (removed replicas drain first)."
+    )
+    scale.add_argument("--replicas", type=int, required=True)
+    scale.add_argument("--group", help="Replica group (default: the first).")
+    scale.add_argument(
+        "--config",
+        default=os.environ.get("SEED_SERVE_CONFIG"),
+        help="Config whose ray.address to use (default: the running `seed-serve up`).",
+    )
+
     commands.add_parser("version", help="Print the version.")
     return parser
 
@@ -130,6 +141,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "keys":
         return _keys(args)
+    if args.command == "scale":
+        return _scale(args)
     if args.command == "demo-model":
         from serving.demo_model import build_demo_model
 
@@ -150,6 +163,49 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "up":
         return run_up(config)
     return run_gateway(config)
+
+
+def _scale(args: argparse.Namespace) -> int:
+    import json
+
+    from serving.paths import run_state_file
+    from serving.ray_cluster import init_ray
+
+    config = load_config(args.config, env=os.environ) if args.config else None
+    if config is not None and config.ray.address:
+        address, namespace, name = (
+            config.ray.address,
+            config.ray.namespace,
+            config.ray.controller_name,
+        )
+    else:
+        state_file = run_state_file()
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            raise StartupError(
+                f"no running `seed-serve up` found ({state_file}); give --config with ray.address"
+            ) from None
+        address, namespace, name = (
+            state["ray_address"],
+            state["namespace"],
+            state["controller_name"],
+        )
+    init_ray(address=address, namespace=namespace, log_to_driver=False)
+    import ray
+
+    try:
+        controller = ray.get_actor(name, namespace=namespace)
+        groups: list[dict[str, Any]] = ray.get(controller.groups_json.remote())
+        group = args.group or groups[0]["group"]
+        try:
+            result = ray.get(controller.scale.remote(group, args.replicas))
+        except ray.exceptions.RayTaskError as exc:
+            raise ConfigError("--group", str(exc.cause)) from None
+        print(f"group {result['group']}: {result['replicas']} replica(s)")
+    finally:
+        ray.shutdown()
+    return 0
 
 
 def _keys(args: argparse.Namespace) -> int:

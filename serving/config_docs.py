@@ -14,15 +14,22 @@ from serving.config import (
     AdmissionConfig,
     AuditConfig,
     AuthConfig,
+    AutoscalingConfig,
     EngineConfig,
     GatewayConfig,
+    HealthConfig,
+    LeastLoadedRouting,
     LimitsConfig,
+    PrefixAffinityRouting,
     QuotaConfig,
     RayConfig,
     ReplicaGroupConfig,
+    RoundRobinRouting,
     SandboxConfig,
     ServingConfig,
+    SessionRouting,
     TasksConfig,
+    TimeoutsConfig,
 )
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -30,6 +37,13 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("ray", RayConfig),
     ("replica_groups[]", ReplicaGroupConfig),
     ("replica_groups[].engine", EngineConfig),
+    ("replica_groups[].autoscaling", AutoscalingConfig),
+    ("routing (policy: round_robin)", RoundRobinRouting),
+    ("routing (policy: least_loaded)", LeastLoadedRouting),
+    ("routing (policy: prefix_affinity, the default)", PrefixAffinityRouting),
+    ("routing (policy: session)", SessionRouting),
+    ("health", HealthConfig),
+    ("timeouts", TimeoutsConfig),
     ("tasks", TasksConfig),
     ("sandbox", SandboxConfig),
     ("auth", AuthConfig),
@@ -76,7 +90,9 @@ def config_reference() -> str:
             "|---|---|---|---|",
         ]
         for name, field in model.model_fields.items():
-            if name in ("engine", "key_defaults", "tenant_defaults") or (model is ServingConfig):
+            if name in ("engine", "key_defaults", "tenant_defaults", "autoscaling") or (
+                model is ServingConfig
+            ):
                 continue
             description = (field.description or "").replace("|", "\\|")
             type_name = _type_name(field.annotation).replace("|", "\\|")

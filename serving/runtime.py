@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from serving.api.state import GatewayState
 from serving.config import ServingConfig
 from serving.engines.controller import create_or_get_controller
 from serving.engines.registry import RayControllerSource, ReplicaRegistry
@@ -83,18 +84,40 @@ def configure_logging(level: str) -> None:
 # --------------------------------------------------------------------------- ray
 
 
-def _uvicorn_server(app: Any, host: str, port: int, log_level: str, *, signals: bool) -> Any:
+def _uvicorn_server(
+    app: Any,
+    host: str,
+    port: int,
+    log_level: str,
+    *,
+    signals: bool,
+    state: GatewayState | None = None,
+    drain_timeout_s: float = 0.0,
+) -> Any:
     import uvicorn
 
     class GatewayServer(uvicorn.Server):
-        """uvicorn re-raises SIGTERM/SIGINT once it has shut down, so the process
-        dies of the signal; we still have replicas to stop after that, and a
-        requested stop is a clean exit (0). A second server in the same process
-        (the metrics port) leaves the signals to the main one."""
+        """SIGTERM/SIGINT first drain (new requests get 503 + Retry-After while
+        in-flight ones finish, up to drain_timeout_s), then stop; a second
+        signal stops at once. uvicorn would re-raise the signal after shutting
+        down, so the process died of it; we still have replicas to stop after
+        that, and a requested stop is a clean exit (0). A second server in the
+        same process (the metrics port) leaves the signals to the main one."""
+
+        draining: asyncio.Task[None] | None = None
 
         def handle_exit(self, sig: int, frame: Any) -> None:
+            if state is not None and self.draining is None and drain_timeout_s > 0:
+                loop = asyncio.get_event_loop()
+                self.draining = loop.create_task(self._drain_then_exit())
+                return
             super().handle_exit(sig, frame)
             self._captured_signals.clear()
+
+        async def _drain_then_exit(self) -> None:
+            assert state is not None
+            await state.drain(drain_timeout_s)
+            self.should_exit = True
 
         @contextlib.contextmanager
         def capture_signals(self) -> Any:
@@ -131,13 +154,16 @@ async def _serve(
     from serving.observability.metrics import GatewayMetrics
 
     metrics = GatewayMetrics()
+    state = GatewayState()
     gateway = config.gateway
     server = _uvicorn_server(
-        build_app(config, registry, metrics=metrics),
+        build_app(config, registry, metrics=metrics, state=state),
         gateway.host,
         gateway.port,
         gateway.log_level,
         signals=True,
+        state=state,
+        drain_timeout_s=gateway.drain_timeout_s,
     )
     server.exit_code = 0
     helpers: list[asyncio.Task[Any]] = []

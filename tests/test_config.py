@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "deploy" / "config"
 
 
-def test_cpu_demo_example_is_the_embedded_default() -> None:
+def test_cpu_demo_example_is_the_embedded_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SEED_SERVE_HOME", raising=False)  # the file names ~/.cache/seed-serve
     assert load_config(EXAMPLES / "cpu-demo.yaml") == load_config(None)
 
 

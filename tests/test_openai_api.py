@@ -194,9 +194,12 @@ def test_chat_on_a_base_model_is_a_clear_400(tiny_client: openai.OpenAI) -> None
 
 def test_two_replicas_both_serve(tiny_client: openai.OpenAI) -> None:
     served = set()
-    for _ in range(8):
+    for index in range(12):
         raw = tiny_client.completions.with_raw_response.create(
-            model=TINY_MODEL, prompt="x", max_tokens=1
+            model=TINY_MODEL,
+            prompt="x",
+            max_tokens=1,
+            extra_headers={"x-seed-serve-document": f"file_{index}.py"},
         )
         served.add(raw.headers["x-seed-serve-replica"])
     assert served == {"tiny-0", "tiny-1"}

@@ -33,6 +33,8 @@ class RequestContext:
     model: str | None = None
     replica: str | None = None
     document: str | None = None
+    session: str | None = None
+    affinity_text: str | None = None  # the prompt's start, when no document id is given
     status: int = 0
     outcome: str = "ok"  # ok, error, rejected, cancelled, superseded
     error_code: str | None = None

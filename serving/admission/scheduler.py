@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from serving.config import AdmissionConfig
 from serving.engines.registry import ReplicaRegistry
-from serving.engines.router import RoundRobinRouter
+from serving.engines.router import Router, RouteRequest
 from serving.engines.stats import EngineStatsPoller
 from serving.engines.types import ReplicaInfo
 from serving.errors import ConflictError, ServiceUnavailableError
@@ -49,6 +49,7 @@ class Ticket:
     key: str
     document: str | None = None
     cost: float = 1.0
+    route: RouteRequest | None = None
     exclude: frozenset[str] = frozenset()
     enqueued: float = field(default_factory=time.monotonic)
     dispatched: float | None = None
@@ -90,15 +91,18 @@ class AdmissionScheduler:
         self,
         config: AdmissionConfig,
         registry: ReplicaRegistry,
-        router: RoundRobinRouter,
+        router: Router,
         metrics: GatewayMetrics,
         stats: EngineStatsPoller | None = None,
+        *,
+        kv_weight: float = 0.0,
     ) -> None:
         self.config = config
         self.registry = registry
         self.router = router
         self.metrics = metrics
         self.stats = stats
+        self.kv_weight = kv_weight
         # model -> lane -> heap of (virtual finish, order, ticket)
         self._queues: dict[str, dict[str, list[tuple[float, int, Ticket]]]] = defaultdict(
             lambda: {lane: [] for lane in LANES}
@@ -140,6 +144,16 @@ class AdmissionScheduler:
 
     def inflight(self, replica_id: str) -> int:
         return len(self._inflight.get(replica_id, ()))
+
+    def load(self, replica: ReplicaInfo) -> float:
+        """Work at a replica: what its engine runs and queues (other gateways'
+        requests too, polled), or what we have in flight there if that is
+        more (fresher), plus KV-cache pressure."""
+        ours = float(self.inflight(replica.replica_id))
+        stats = self.stats.stats.get(replica.replica_id) if self.stats else None
+        if stats is None:
+            return ours
+        return max(ours, stats.running + stats.waiting) + self.kv_weight * stats.kv_cache_usage
 
     def _adapt(self) -> None:
         """Shrink a replica's target while its engine queues or runs out of KV
@@ -206,7 +220,9 @@ class AdmissionScheduler:
             self._queued -= 1
             self.metrics.queue_depth.labels(lane=ticket.lane).dec()
             self._lane_clock[(model, ticket.lane)] = ticket.virtual_finish
-            replica = self.router.pick(model, free)
+            ready = [r for r in self.registry.ready(model) if r.replica_id not in ticket.exclude]
+            route = ticket.route or RouteRequest(model)
+            replica = self.router.pick(route, free, ready, self.load)
             ticket.replica = replica
             ticket.dispatched = time.monotonic()
             self._inflight[replica.replica_id].add(ticket)
@@ -277,6 +293,12 @@ class AdmissionScheduler:
         ):
             del self._documents[(ticket.key, ticket.document)]
         self._dispatch(ticket.model)
+
+    def queued_by_model(self) -> dict[str, int]:
+        return {
+            model: sum(len(heap) for heap in lanes.values())
+            for model, lanes in self._queues.items()
+        }
 
     def queued(self, lane: str | None = None) -> int:
         if lane is None:

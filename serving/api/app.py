@@ -14,13 +14,20 @@ from serving.admission.scheduler import AdmissionScheduler
 from serving.api.code_serving import CodeServing
 from serving.api.errors import register_exception_handlers
 from serving.api.middleware import GatewayMiddleware
-from serving.api.routes import code_router, health_router, metrics_router, openai_router
+from serving.api.routes import (
+    admin_router,
+    code_router,
+    health_router,
+    metrics_router,
+    openai_router,
+)
 from serving.api.serving import OpenAIServing
-from serving.config import ServingConfig
+from serving.api.state import GatewayState
+from serving.config import LeastLoadedRouting, PrefixAffinityRouting, ServingConfig, SessionRouting
 from serving.engines.client import EngineClient
 from serving.engines.dispatch import Dispatcher
 from serving.engines.registry import ReplicaRegistry
-from serving.engines.router import RoundRobinRouter
+from serving.engines.router import build_router
 from serving.engines.stats import EngineStatsPoller
 from serving.observability.audit import AuditLog
 from serving.observability.metrics import GatewayMetrics
@@ -34,16 +41,35 @@ def build_app(
     *,
     sandbox: Sandbox | None = None,
     metrics: GatewayMetrics | None = None,
+    state: GatewayState | None = None,
 ) -> FastAPI:
     """The gateway for ``config``, serving the replicas ``registry`` knows."""
     metrics = metrics or GatewayMetrics()
-    client = EngineClient(config.gateway)
+    state = state or GatewayState()
+    client = EngineClient(config.timeouts)
     auth = Authenticator(config.auth, metrics)
     quotas = Quotas(config.quotas, metrics)
     audit = AuditLog(config.audit)
     stats = EngineStatsPoller(registry, None, config.admission.stats_interval_s)
-    scheduler = AdmissionScheduler(config.admission, registry, RoundRobinRouter(), metrics, stats)
-    dispatcher = Dispatcher(registry, client, scheduler, config.admission, metrics)
+    routing = config.routing
+    scheduler = AdmissionScheduler(
+        config.admission,
+        registry,
+        build_router(routing),
+        metrics,
+        stats,
+        kv_weight=routing.kv_weight if isinstance(routing, LeastLoadedRouting) else 0.0,
+    )
+    registry.load_reporter = scheduler.queued_by_model
+    dispatcher = Dispatcher(
+        registry,
+        client,
+        scheduler,
+        config.admission,
+        metrics,
+        timeouts=config.timeouts,
+        affinity_chars=routing.prefix_chars if isinstance(routing, PrefixAffinityRouting) else 1024,
+    )
     completer = CodeCompleter(dispatcher, registry, config.tasks)
     serving = OpenAIServing(config.gateway, registry, dispatcher, completer, quotas)
     code = CodeServing(
@@ -75,9 +101,10 @@ def build_app(
         lifespan=lifespan,
     )
     register_exception_handlers(app)
-    app.include_router(health_router(registry))
+    app.include_router(health_router(registry, state))
     app.include_router(openai_router(serving, registry))
     app.include_router(code_router(code))
+    app.include_router(admin_router(registry))
     if config.gateway.metrics_port is None:
         app.include_router(metrics_router(metrics))
     app.add_middleware(
@@ -87,9 +114,14 @@ def build_app(
         quotas=quotas,
         audit=audit,
         metrics=metrics,
+        state=state,
         auth_enabled=config.auth.enabled,
+        session_header=routing.header
+        if isinstance(routing, SessionRouting)
+        else "x-seed-serve-session",
     )
     app.state.metrics = metrics
+    app.state.gateway = state
     return app
 
 

@@ -21,8 +21,15 @@ from typing import Any
 from serving.admission.auth import Authenticator
 from serving.admission.context import ROUTE_TASKS, RequestContext
 from serving.admission.quotas import Quotas
+from serving.api.state import GatewayState
 from serving.config import GatewayConfig
-from serving.errors import APIError, BadRequestError, PayloadTooLargeError, PermissionDeniedError
+from serving.errors import (
+    APIError,
+    BadRequestError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+)
 from serving.observability.audit import AuditLog
 from serving.observability.metrics import GatewayMetrics
 
@@ -52,7 +59,9 @@ class GatewayMiddleware:
         quotas: Quotas,
         audit: AuditLog,
         metrics: GatewayMetrics,
+        state: GatewayState,
         auth_enabled: bool = True,
+        session_header: str = "x-seed-serve-session",
     ) -> None:
         self.app = app
         self.config = config
@@ -60,7 +69,9 @@ class GatewayMiddleware:
         self.quotas = quotas
         self.audit = audit
         self.metrics = metrics
+        self.state = state
         self.auth_enabled = auth_enabled
+        self.session_header = session_header.encode()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -90,14 +101,24 @@ class GatewayMiddleware:
         document = headers.get(b"x-seed-serve-document")
         if document:
             ctx.document = document.decode("latin-1")[:512]
+        session = headers.get(self.session_header)
+        if session:
+            ctx.session = session.decode("latin-1")[:512]
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["ctx"] = ctx
         response = _ResponseTracker(send, request_id, ctx)
         slots: list[str] = []
         self.metrics.inflight.inc()
+        self.state.enter()
         try:
             try:
+                if self.state.draining and path not in OPEN_PATHS:
+                    raise ServiceUnavailableError(
+                        "This gateway is shutting down; retry (another replica will answer).",
+                        code="draining",
+                        headers={"Retry-After": "1", "Connection": "close"},
+                    )
                 self._check_headers(len(scope["headers"]), header_bytes)
                 self._check_body_size(headers.get(b"content-length"))
                 if path not in OPEN_PATHS:
@@ -121,6 +142,7 @@ class GatewayMiddleware:
             await self.app(scope, self._limited_receive(receive), response.send)
         finally:
             self.metrics.inflight.dec()
+            self.state.leave()
             if not response.complete and ctx.outcome in ("ok", "error"):
                 ctx.outcome = "cancelled"
                 self.metrics.cancellations.labels(reason="disconnect").inc()
@@ -279,6 +301,8 @@ class _ResponseTracker:
 
 
 def _rejection_reason(exc: APIError) -> str:
+    if exc.code == "draining":
+        return "draining"
     return {401: "auth", 403: "forbidden", 429: "quota", 503: "backpressure"}.get(
         exc.status_code, "invalid"
     )

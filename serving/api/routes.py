@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
 
 from serving.admission.context import context_of
 from serving.api.code_protocol import (
@@ -27,7 +29,9 @@ from serving.api.protocol import (
     ModelList,
 )
 from serving.api.serving import OpenAIServing
+from serving.api.state import GatewayState
 from serving.engines.registry import ReplicaRegistry
+from serving.errors import BadRequestError
 from serving.observability.metrics import GatewayMetrics
 
 _ERRORS: dict[int | str, dict[str, object]] = {
@@ -95,6 +99,54 @@ def code_router(code: CodeServing) -> APIRouter:
     return router
 
 
+class ScaleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    group: str = Field(min_length=1, description="Replica group to scale.")
+    replicas: int = Field(ge=0, le=1024, description="Replicas the group should have.")
+
+
+def admin_router(registry: ReplicaRegistry) -> APIRouter:
+    """Runtime administration (admin keys only; the middleware checks the role)."""
+    router = APIRouter(prefix="/v1/admin")
+    source = registry.source
+
+    @router.get("/replicas")
+    async def replicas() -> dict[str, Any]:
+        """Replica groups and every replica's state and load (never secrets)."""
+        groups = await source.groups() if hasattr(source, "groups") else []
+        return {
+            "groups": groups,
+            "replicas": [
+                {
+                    "id": r.replica_id,
+                    "group": r.group,
+                    "model": r.model,
+                    "state": r.state.value,
+                    "message": r.message,
+                    "running": r.running,
+                    "waiting": r.waiting,
+                }
+                for r in registry.all()
+            ],
+        }
+
+    @router.post("/replicas")
+    async def scale(body: ScaleRequest) -> dict[str, Any]:
+        """Add or remove replicas of a group without a restart (removal drains first)."""
+        if not hasattr(source, "scale"):
+            raise BadRequestError("This gateway has no Ray controller to scale.")
+        try:
+            return dict(await source.scale(body.group, body.replicas))
+        except Exception as exc:  # the controller's ValueError comes wrapped by Ray
+            cause = getattr(exc, "cause", None) or exc
+            if isinstance(cause, ValueError):
+                raise BadRequestError(str(cause), param="group") from None
+            raise
+
+    return router
+
+
 def metrics_router(metrics: GatewayMetrics) -> APIRouter:
     router = APIRouter()
 
@@ -106,7 +158,7 @@ def metrics_router(metrics: GatewayMetrics) -> APIRouter:
     return router
 
 
-def health_router(registry: ReplicaRegistry) -> APIRouter:
+def health_router(registry: ReplicaRegistry, state: GatewayState) -> APIRouter:
     router = APIRouter()
 
     @router.get("/health")
@@ -118,9 +170,10 @@ def health_router(registry: ReplicaRegistry) -> APIRouter:
     async def ready() -> JSONResponse:
         """At least one replica can serve."""
         replicas = {r.replica_id: r.state.value for r in registry.all()}
-        is_ready = registry.any_ready()
+        is_ready = registry.any_ready() and not state.draining
+        status = "draining" if state.draining else ("ready" if is_ready else "not_ready")
         return JSONResponse(
-            {"status": "ready" if is_ready else "not_ready", "replicas": replicas},
+            {"status": status, "replicas": replicas},
             status_code=200 if is_ready else 503,
         )
 

@@ -71,6 +71,7 @@ class OpenAIServing:
         ctx.model = status.name
         if isinstance(request.prompt, str):
             ctx.prompt_text = request.prompt
+            ctx.affinity_text = request.prompt
         self._check_n(request.n, ctx)
         if request.best_of is not None and request.best_of > self.config.max_best_of:
             raise BadRequestError(
@@ -304,21 +305,13 @@ class OpenAIServing:
                 **(payload.get("stream_options") or {}),
                 "include_usage": True,
             }
-        call = await self.dispatcher.open(ctx, model, path, payload, cost=_cost(payload))
+        call = await self.dispatcher.open(
+            ctx, model, path, payload, stream=stream, cost=_cost(payload)
+        )
         headers = {REPLICA_HEADER: call.replica.replica_id}
         if not stream:
-            try:
-                raw = await call.upstream.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                if call.cancel_reason == "superseded":
-                    raise Superseded() from None
-                raise UpstreamError(
-                    f"Replica {call.replica.replica_id} failed while answering: {exc}",
-                    code="replica_failed",
-                    headers=headers,
-                ) from exc
-            finally:
-                call.finish()
+            call.finish()
+            raw = call.body or b""
             _note_usage(ctx, raw)
             return Response(raw, media_type="application/json", headers=headers)
         return StreamingResponse(
@@ -364,7 +357,7 @@ async def _relay(
     gone) closes the engine connection, which makes vLLM abort the request."""
     buffer = b""
     try:
-        async for chunk in call.upstream.content.iter_any():
+        async for chunk in call.chunks():
             buffer += chunk
             end = buffer.rfind(b"\n\n")
             if end < 0:

@@ -22,6 +22,16 @@ from serving.config._engines import (
 from serving.config._gateway import GatewayConfig, SandboxConfig, TasksConfig
 from serving.config._loading import ENV_PREFIX, dump_config, load_config
 from serving.config._model import ServingConfig
+from serving.config._scaling import (
+    AutoscalingConfig,
+    HealthConfig,
+    LeastLoadedRouting,
+    PrefixAffinityRouting,
+    RoundRobinRouting,
+    RoutingConfig,
+    SessionRouting,
+    TimeoutsConfig,
+)
 
 __all__ = [
     "ENV_PREFIX",
@@ -29,16 +39,24 @@ __all__ = [
     "AdmissionConfig",
     "AuditConfig",
     "AuthConfig",
+    "AutoscalingConfig",
     "EngineConfig",
     "GatewayConfig",
+    "HealthConfig",
     "Lane",
+    "LeastLoadedRouting",
     "LimitsConfig",
+    "PrefixAffinityRouting",
     "QuotaConfig",
     "RayConfig",
     "ReplicaGroupConfig",
+    "RoundRobinRouting",
+    "RoutingConfig",
     "SandboxConfig",
     "ServingConfig",
+    "SessionRouting",
     "TasksConfig",
+    "TimeoutsConfig",
     "dump_config",
     "load_config",
 ]

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from serving.config._base import MODEL_NAME_PATTERN, NAME_PATTERN, Strict
+from serving.config._scaling import AutoscalingConfig
 from serving.paths import demo_model_dir
 
 # Engine arguments that Seed Serve sets itself: passing them through
@@ -213,6 +214,22 @@ class ReplicaGroupConfig(Strict):
     )
     startup_timeout_s: float = Field(
         default=900.0, gt=0.0, le=86_400.0, description="Seconds an engine may take to get ready."
+    )
+    placement_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=86_400,
+        description="Seconds to wait for the cluster to offer a replica's resources before "
+        "failing with a message naming what is missing.",
+    )
+    drain_timeout_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=3600,
+        description="A replica being removed finishes its requests for at most this long.",
+    )
+    autoscaling: AutoscalingConfig = Field(
+        default_factory=AutoscalingConfig, description="Replica count from load."
     )
     max_restarts: int = Field(
         default=3, ge=-1, le=1000, description="Ray restarts of a dead replica (-1: unlimited)."

@@ -45,11 +45,11 @@ class GatewayConfig(Strict):
     metrics_host: str = Field(
         default="127.0.0.1", min_length=1, description="Listen address of the metrics port."
     )
-    connect_timeout_s: float = Field(
-        default=5.0, gt=0.0, le=600.0, description="Seconds to connect to an engine."
-    )
-    request_timeout_s: float = Field(
-        default=600.0, gt=0.0, le=86_400.0, description="Seconds a whole request may take."
+    drain_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM: refuse new requests (503) and let in-flight ones finish this long.",
     )
     replica_refresh_interval_s: float = Field(
         default=1.0,

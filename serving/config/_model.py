@@ -8,6 +8,12 @@ from serving.config._admission import AdmissionConfig, AuditConfig, AuthConfig, 
 from serving.config._base import Strict
 from serving.config._engines import RayConfig, ReplicaGroupConfig
 from serving.config._gateway import GatewayConfig, SandboxConfig, TasksConfig
+from serving.config._scaling import (
+    HealthConfig,
+    PrefixAffinityRouting,
+    RoutingConfig,
+    TimeoutsConfig,
+)
 
 
 class ServingConfig(Strict):
@@ -15,6 +21,15 @@ class ServingConfig(Strict):
 
     gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="The HTTP gateway.")
     ray: RayConfig = Field(default_factory=RayConfig, description="The Ray cluster.")
+    routing: RoutingConfig = Field(
+        default_factory=lambda: PrefixAffinityRouting(policy="prefix_affinity"),
+        description="How a replica is chosen: round_robin, least_loaded, prefix_affinity "
+        "(default: code completions of one file share long prefixes), session.",
+    )
+    health: HealthConfig = Field(default_factory=HealthConfig, description="Replica health checks.")
+    timeouts: TimeoutsConfig = Field(
+        default_factory=TimeoutsConfig, description="Engine timeouts and retries."
+    )
     tasks: TasksConfig = Field(
         default_factory=TasksConfig, description="Code completion, repair, test generation."
     )

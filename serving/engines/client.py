@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import aiohttp
 
-from serving.config import GatewayConfig
+from serving.config import TimeoutsConfig
 from serving.engines.types import ReplicaInfo
 
 
 class EngineClient:
-    def __init__(self, config: GatewayConfig) -> None:
-        self.config = config
+    def __init__(self, timeouts: TimeoutsConfig) -> None:
+        self.timeouts = timeouts
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
@@ -18,16 +18,26 @@ class EngineClient:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
                 timeout=aiohttp.ClientTimeout(
-                    total=self.config.request_timeout_s,
-                    sock_connect=self.config.connect_timeout_s,
+                    total=self.timeouts.total_s, sock_connect=self.timeouts.connect_s
                 ),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
             )
         return self._session
 
-    async def post(self, replica: ReplicaInfo, path: str, body: bytes) -> aiohttp.ClientResponse:
-        """Send ``body`` (JSON) to the replica; the caller reads and releases the response."""
+    async def post(
+        self, replica: ReplicaInfo, path: str, body: bytes, *, stream: bool
+    ) -> aiohttp.ClientResponse:
+        """Send ``body`` (JSON) to the replica; the caller reads and releases the response.
+
+        A stream may not pause longer than ``idle_s`` between reads; a plain
+        answer comes whole at the end, so only the total limit applies to it.
+        """
+        timeout = aiohttp.ClientTimeout(
+            total=self.timeouts.total_s,
+            sock_connect=self.timeouts.connect_s,
+            sock_read=self.timeouts.idle_s if stream else None,
+        )
         return await self.session().post(
             replica.url + path,
             data=body,
@@ -35,6 +45,7 @@ class EngineClient:
                 "Authorization": f"Bearer {replica.token}",
                 "Content-Type": "application/json",
             },
+            timeout=timeout,
         )
 
     async def close(self) -> None:

@@ -1,21 +1,30 @@
 """Sending one request to one replica: wait for a slot in the admission queue,
-post it, and on a connection failure before any answer try another replica."""
+post it, and when the replica fails before the first token, try another.
+
+Before the first token nothing has reached the client, so a retry is safe
+(generation has no side effects): a connection that fails, a first token that
+does not come within ``first_token_s``, or a plain answer whose replica turns
+unhealthy while we wait. After the first token a failure is the caller's to
+report (an SSE error event, then ``[DONE]``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from serving.admission.context import RequestContext
-from serving.admission.scheduler import AdmissionScheduler, Lease, Ticket
-from serving.config import AdmissionConfig
+from serving.admission.scheduler import AdmissionScheduler, Lease, Superseded, Ticket
+from serving.config import AdmissionConfig, TimeoutsConfig
 from serving.engines.client import EngineClient
 from serving.engines.registry import ReplicaRegistry
+from serving.engines.router import RouteRequest
 from serving.engines.types import ReplicaInfo
 from serving.errors import APIError, UpstreamError, api_error_for_status
 from serving.observability.metrics import GatewayMetrics
@@ -23,15 +32,24 @@ from serving.observability.metrics import GatewayMetrics
 logger = logging.getLogger("seed_serve.dispatch")
 
 REPLICA_HEADER = "x-seed-serve-replica"
-_MAX_ATTEMPTS = 3
+_HEALTH_WATCH_S = 0.5
+
+
+class _ReplicaFailed(Exception):
+    """The replica failed before answering anything (retry elsewhere)."""
 
 
 @dataclass
 class EngineCall:
-    """An engine response (status 200) and the replica slot it holds."""
+    """An engine answer (status 200) and the replica slot it holds.
+
+    Streams come with their first chunk already read; plain answers whole.
+    """
 
     upstream: aiohttp.ClientResponse
     lease: Lease
+    first: bytes = b""
+    body: bytes | None = None
 
     @property
     def replica(self) -> ReplicaInfo:
@@ -45,6 +63,13 @@ class EngineCall:
         """Abort (supersession): vLLM aborts a request whose connection closes."""
         self.lease.ticket.cancel_reason = reason
         self.upstream.close()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The stream's bytes as they arrive (the first one already read)."""
+        if self.first:
+            yield self.first
+        async for chunk in self.upstream.content.iter_any():
+            yield chunk
 
     def finish(self) -> None:
         """Give the slot back; keep the connection only if the answer was read whole."""
@@ -63,12 +88,27 @@ class Dispatcher:
         scheduler: AdmissionScheduler,
         config: AdmissionConfig,
         metrics: GatewayMetrics,
+        *,
+        timeouts: TimeoutsConfig,
+        affinity_chars: int = 1024,
     ) -> None:
         self.registry = registry
         self.client = client
         self.scheduler = scheduler
         self.config = config
         self.metrics = metrics
+        self.timeouts = timeouts
+        self.affinity_chars = affinity_chars
+
+    def route_for(self, model: str, ctx: RequestContext | None) -> RouteRequest:
+        if ctx is None:
+            return RouteRequest(model)
+        affinity = ctx.document
+        if affinity is None and ctx.affinity_text:
+            affinity = ctx.affinity_text[: self.affinity_chars]
+        elif affinity is not None and ctx.key_id:
+            affinity = f"{ctx.key_id}:{affinity}"  # one developer's file
+        return RouteRequest(model, affinity=affinity, session=ctx.session or ctx.key_id)
 
     async def open(
         self,
@@ -77,24 +117,30 @@ class Dispatcher:
         path: str,
         payload: dict[str, Any],
         *,
+        stream: bool,
         cost: float = 1.0,
     ) -> EngineCall:
-        """Queue for a slot, then post; an engine's own 4xx/5xx becomes our APIError."""
+        """Queue for a slot, post, and wait for the first token (streams) or the
+        whole answer; an engine's own 4xx/5xx becomes our APIError."""
         lane = ctx.lane if ctx else "completion"
         payload["priority"] = self.config.lane_priority.get(lane, 0)
         body = json.dumps(payload, separators=(",", ":")).encode()
         key = (ctx.key_id or ctx.client_ip) if ctx else "internal"
-        document = ctx.document if ctx else None
+        route = self.route_for(model, ctx)
         excluded: set[str] = set()
         last_error: Exception | None = None
-        attempts = min(_MAX_ATTEMPTS, max(1, len(self.registry.ready(model))))
-        for attempt in range(attempts):
+        for attempt in range(self.timeouts.retries + 1):
+            if attempt and not [
+                r for r in self.registry.ready(model) if r.replica_id not in excluded
+            ]:
+                break
             ticket = Ticket(
                 model=model,
                 lane=lane,
                 key=key,
-                document=document if attempt == 0 else None,
+                document=(ctx.document if ctx else None) if attempt == 0 else None,
                 cost=cost,
+                route=route,
                 exclude=frozenset(excluded),
             )
             lease = await self.scheduler.acquire(ticket)
@@ -103,31 +149,78 @@ class Dispatcher:
                 ctx.replica = replica.replica_id
                 ctx.queue_wait_s = (ctx.queue_wait_s or 0.0) + ticket.waited_s
             try:
-                upstream = await self.client.post(replica, path, body)
-            except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+                call = await self._attempt(lease, path, body, stream)
+            except _ReplicaFailed as exc:
                 lease.release()
-                logger.warning("replica %s unreachable: %s", replica.replica_id, exc)
+                if lease.ticket.cancel_reason == "superseded":
+                    raise Superseded() from None  # not a replica failure
+                logger.warning("replica %s failed before answering: %s", replica.replica_id, exc)
+                self.registry.suspect(replica.replica_id)
+                self.metrics.failovers.labels(replica=replica.replica_id).inc()
+                if attempt < self.timeouts.retries:
+                    self.metrics.retries.inc()
                 excluded.add(replica.replica_id)
                 last_error = exc
-                self.metrics.retries.inc()
                 continue
             except BaseException:
                 lease.release()
                 raise
-            if upstream.status != 200:
-                try:
-                    raw = await upstream.read()
-                finally:
-                    upstream.release()
-                    lease.release()
-                raise upstream_error(upstream.status, raw, replica)
-            call = EngineCall(upstream, lease)
-            ticket.on_cancel = call.cancel
             return call
         raise UpstreamError(
-            f"Could not reach a replica of model `{model}`: {last_error}",
-            code="replica_unreachable",
+            f"No replica of model `{model}` could answer: {last_error}",
+            code="replica_failed",
+            headers={"Retry-After": "2"},
         )
+
+    async def _attempt(self, lease: Lease, path: str, body: bytes, stream: bool) -> EngineCall:
+        replica = lease.replica
+        try:
+            upstream = await self.client.post(replica, path, body, stream=stream)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise _ReplicaFailed(exc or type(exc).__name__) from exc
+        if upstream.status != 200:
+            try:
+                raw = await upstream.read()
+            finally:
+                upstream.release()
+            if upstream.status >= 500 and upstream.status != 503:
+                raise _ReplicaFailed(f"HTTP {upstream.status}")
+            raise upstream_error(upstream.status, raw, replica)
+        call = EngineCall(upstream, lease)
+        lease.ticket.on_cancel = call.cancel
+        try:
+            if stream:
+                call.first = await asyncio.wait_for(
+                    upstream.content.readany(), self.timeouts.first_token_s
+                )
+                if not call.first:
+                    raise _ReplicaFailed("the stream ended before its first token")
+            else:
+                call.body = await self._read_while_healthy(upstream, replica)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            upstream.close()
+            raise _ReplicaFailed(exc or type(exc).__name__) from exc
+        except BaseException:
+            upstream.close()
+            raise
+        return call
+
+    async def _read_while_healthy(
+        self, upstream: aiohttp.ClientResponse, replica: ReplicaInfo
+    ) -> bytes:
+        """A plain answer arrives whole at the end; meanwhile watch the replica,
+        so a frozen engine fails the request (and it is retried) instead of a hang."""
+        read = asyncio.ensure_future(upstream.read())
+        try:
+            while True:
+                done, _ = await asyncio.wait({read}, timeout=_HEALTH_WATCH_S)
+                if done:
+                    return read.result()
+                if not self.registry.is_ready(replica.replica_id):
+                    raise _ReplicaFailed(f"replica {replica.replica_id} became unhealthy")
+        finally:
+            if not read.done():
+                read.cancel()
 
 
 def upstream_error(status: int, raw: bytes, replica: ReplicaInfo) -> APIError:

@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -16,6 +19,7 @@ logger = logging.getLogger("seed_serve.registry")
 
 
 _BYTE_COUNTER = TokenCounter(None)
+_SUSPECT_S = 5.0
 
 
 class ReplicaSource(Protocol):
@@ -39,6 +43,16 @@ class RayControllerSource:
     async def tokenizer_json(self, model: str) -> str | None:
         result = await self.controller.tokenizer_json.remote(model)
         return str(result) if result is not None else None
+
+    async def report_load(self, gateway_id: str, queued: dict[str, int]) -> None:
+        await self.controller.report_load.remote(gateway_id, queued)
+
+    # Cluster administration (the admin API and `seed-serve scale`).
+    async def groups(self) -> list[dict[str, Any]]:
+        return list(await self.controller.groups_json.remote())
+
+    async def scale(self, group: str, replicas: int) -> dict[str, Any]:
+        return dict(await self.controller.scale.remote(group, replicas))
 
 
 class StaticSource:
@@ -69,11 +83,16 @@ class ModelStatus:
 class ReplicaRegistry:
     def __init__(self, source: ReplicaSource, *, refresh_interval_s: float = 1.0) -> None:
         self.source = source
+        self.gateway_id = uuid.uuid4().hex[:12]
+        # Set by the app: the admission queue's depth per model, reported to
+        # the controller for autoscaling.
+        self.load_reporter: Callable[[], dict[str, int]] | None = None
         self.refresh_interval_s = refresh_interval_s
         self._replicas: list[ReplicaInfo] = []
         self._task: asyncio.Task[None] | None = None
         self._refreshed = asyncio.Event()
         self._counters: dict[str, TokenCounter] = {}
+        self._suspects: dict[str, tuple[str, float]] = {}
 
     async def start(self) -> None:
         if self._task is None:
@@ -94,6 +113,11 @@ class ReplicaRegistry:
                 logger.info("replica %s is %s", replica.replica_id, replica.state.value)
         self._replicas = replicas
         self._refreshed.set()
+        if self.load_reporter is not None and hasattr(self.source, "report_load"):
+            try:
+                await self.source.report_load(self.gateway_id, self.load_reporter())
+            except Exception as exc:
+                logger.debug("could not report load: %s", exc)
         for model in {r.model for r in replicas if r.ready} - set(self._counters):
             try:
                 self._counters[model] = TokenCounter(await self.source.tokenizer_json(model))
@@ -122,11 +146,33 @@ class ReplicaRegistry:
     def knows(self, model: str) -> bool:
         return any(r.model == model for r in self._replicas)
 
+    def _usable(self, replica: ReplicaInfo) -> bool:
+        if not replica.ready:
+            return False
+        suspect = self._suspects.get(replica.replica_id)
+        if suspect is None:
+            return True
+        url, until = suspect
+        if replica.url != url or time.monotonic() > until:
+            del self._suspects[replica.replica_id]  # a new engine, or the grace is over
+            return True
+        return False
+
     def ready(self, model: str) -> list[ReplicaInfo]:
-        return [r for r in self._replicas if r.model == model and r.ready]
+        return [r for r in self._replicas if r.model == model and self._usable(r)]
+
+    def is_ready(self, replica_id: str) -> bool:
+        return any(r.replica_id == replica_id and self._usable(r) for r in self._replicas)
 
     def any_ready(self) -> bool:
-        return any(r.ready for r in self._replicas)
+        return any(self._usable(r) for r in self._replicas)
+
+    def suspect(self, replica_id: str, seconds: float = _SUSPECT_S) -> None:
+        """A request just failed there: keep new work away until the controller's
+        health checks have had time to say what happened (or a new engine is up)."""
+        for replica in self._replicas:
+            if replica.replica_id == replica_id:
+                self._suspects[replica_id] = (replica.url, time.monotonic() + seconds)
 
     def models(self) -> list[ModelStatus]:
         statuses = []
@@ -135,7 +181,7 @@ class ReplicaRegistry:
         )
         for name, group in by_model:
             replicas = list(group)
-            ready = [r for r in replicas if r.ready]
+            ready = [r for r in replicas if self._usable(r)]
             lens = [r.max_model_len for r in ready if r.max_model_len]
             statuses.append(
                 ModelStatus(

@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from serving.config import ReplicaGroupConfig
+from serving.config import HealthConfig, ReplicaGroupConfig
 from serving.engines.engine_process import (
     engine_command,
     engine_environment,
@@ -37,20 +37,29 @@ from serving.engines.engine_process import (
     stop_engine,
     tail,
 )
+from serving.engines.stats import EngineStats, parse_engine_metrics
 from serving.engines.types import ReplicaInfo, ReplicaState
 from serving.paths import logs_dir
 from serving.tasks.fim import fim_template
 
-_HEALTH_TIMEOUT_S = 5.0
-_UNHEALTHY_AFTER = 3  # consecutive failed checks before a ready replica is unhealthy
+_PROBE_TIMEOUT_S = 5.0  # start-up probes (models, chat template, FIM tokens)
 
 
 class ReplicaActor:
     """Ray actor body (wrapped with ``ray.remote`` by the controller)."""
 
-    def __init__(self, replica_id: str, group_json: dict[str, Any], local_ray: bool) -> None:
+    def __init__(
+        self,
+        replica_id: str,
+        group_json: dict[str, Any],
+        local_ray: bool,
+        health_json: dict[str, Any] | None = None,
+        engine_env: dict[str, str] | None = None,
+    ) -> None:
         self.replica_id = replica_id
         self.group = ReplicaGroupConfig.model_validate(group_json)
+        self.health = HealthConfig.model_validate(health_json or {})
+        self.stats = EngineStats()
         engine = self.group.engine
         self.host = self._bind_host(local_ray)
         self.port = free_port(self.host)
@@ -61,6 +70,7 @@ class ReplicaActor:
         self.max_model_len: int | None = engine.max_model_len
         self.has_chat_template = False
         self._failed_checks = 0
+        self._passed_checks = 0
         self.fatal = False
         self._session: aiohttp.ClientSession | None = None
         self._started_at = time.monotonic()
@@ -68,7 +78,7 @@ class ReplicaActor:
         # runs __init__ again, and the new engine boots without anybody asking.
         self.process: subprocess.Popen[bytes] = spawn_engine(
             engine_command(engine, host=self.host, port=self.port),
-            engine_environment(engine, token=self.token),
+            {**engine_environment(engine, token=self.token), **(engine_env or {})},
             self.log_path,
             cpus=engine.cpu_affinity,
         )
@@ -90,7 +100,7 @@ class ReplicaActor:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 headers={"Authorization": f"Bearer {self.token}"},
-                timeout=aiohttp.ClientTimeout(total=_HEALTH_TIMEOUT_S),
+                timeout=aiohttp.ClientTimeout(total=_PROBE_TIMEOUT_S),
             )
         return self._session
 
@@ -201,15 +211,39 @@ class ReplicaActor:
             await asyncio.sleep(0.5)
         return await self.info()
 
+    async def _check(self) -> bool:
+        """One health check: the engine's /metrics answers in time (and gives its load)."""
+        try:
+            async with self._client().get(
+                self.url + "/metrics", timeout=aiohttp.ClientTimeout(total=self.health.timeout_s)
+            ) as response:
+                if response.status != 200:
+                    return False
+                self.stats = parse_engine_metrics(await response.text())
+                return True
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
     async def info(self) -> dict[str, Any]:
-        """Current state; a cheap health check of a ready engine."""
+        """Current state, after one health check of a started engine: a ready
+        replica is ejected after ``failure_threshold`` failed checks in a row and
+        re-admitted after ``success_threshold`` passed ones."""
         if self.state in (ReplicaState.READY, ReplicaState.UNHEALTHY) and not self._exited():
-            if await self._healthy():
+            if await self._check():
                 self._failed_checks = 0
-                self.state = ReplicaState.READY
+                self._passed_checks += 1
+                if (
+                    self.state is ReplicaState.UNHEALTHY
+                    and self._passed_checks >= self.health.success_threshold
+                ):
+                    self.state = ReplicaState.READY
+                    self.message = ""
             else:
+                self._passed_checks = 0
                 self._failed_checks += 1
-                if self._failed_checks >= _UNHEALTHY_AFTER:
+                if self._failed_checks >= self.health.failure_threshold:
+                    if self.state is ReplicaState.READY:
+                        self.message = f"{self._failed_checks} health checks failed in a row"
                     self.state = ReplicaState.UNHEALTHY
         if self.state is ReplicaState.FAILED and not self.fatal and self.process.poll() is not None:
             # A dead engine makes the actor exit so that Ray restarts it
@@ -229,7 +263,18 @@ class ReplicaActor:
             node_ip=self.host,
             log_path=str(self.log_path),
             message=self.message,
+            running=self.stats.running,
+            waiting=self.stats.waiting,
         ).to_dict()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until the engine has nothing running or waiting (or time is up)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if await self._check() and self.stats.running + self.stats.waiting == 0:
+                return True
+            await asyncio.sleep(0.2)
+        return False
 
     async def stop(self) -> None:
         """Stop the engine (SIGTERM, then SIGKILL of its whole process group)."""

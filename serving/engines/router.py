@@ -1,22 +1,177 @@
-"""Choosing the replica that serves a request."""
+"""Choosing the replica that serves a request (policy from config, a tagged union).
+
+The admission queue calls a router with the replicas that have a free slot;
+the router picks one. Load = requests this gateway has in flight there plus
+the engine's own waiting count (polled) plus a KV-usage term.
+"""
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import itertools
+import math
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
+from serving.config import (
+    LeastLoadedRouting,
+    PrefixAffinityRouting,
+    RoundRobinRouting,
+    RoutingConfig,
+    SessionRouting,
+)
 from serving.engines.types import ReplicaInfo
 
 
-class RoundRobinRouter:
-    """Each model's ready replicas in turn."""
+@dataclass(frozen=True)
+class RouteRequest:
+    model: str
+    affinity: str | None = None  # document identity or prompt start
+    session: str | None = None  # session header or API key
 
+
+LoadFn = Callable[[ReplicaInfo], float]
+
+
+class Router(Protocol):
+    def pick(
+        self,
+        request: RouteRequest,
+        free: Sequence[ReplicaInfo],
+        ready: Sequence[ReplicaInfo],
+        load: LoadFn,
+    ) -> ReplicaInfo:
+        """One of ``free`` (never empty); ``ready`` are all the model's ready replicas."""
+
+
+class RoundRobinRouter:
     def __init__(self) -> None:
         self._turns: defaultdict[str, Iterator[int]] = defaultdict(itertools.count)
 
-    def pick(self, model: str, candidates: Sequence[ReplicaInfo]) -> ReplicaInfo:
-        if not candidates:
-            raise ValueError("no candidates")
-        ordered = sorted(candidates, key=lambda r: r.replica_id)
-        return ordered[next(self._turns[model]) % len(ordered)]
+    def pick(
+        self,
+        request: RouteRequest,
+        free: Sequence[ReplicaInfo],
+        ready: Sequence[ReplicaInfo],
+        load: LoadFn,
+    ) -> ReplicaInfo:
+        ordered = sorted(ready, key=lambda r: r.replica_id)
+        free_ids = {r.replica_id for r in free}
+        start = next(self._turns[request.model])
+        for offset in range(len(ordered)):
+            candidate = ordered[(start + offset) % len(ordered)]
+            if candidate.replica_id in free_ids:
+                return candidate
+        return free[0]
+
+
+class LeastLoadedRouter:
+    def __init__(self, config: LeastLoadedRouting) -> None:
+        self.config = config
+
+    def pick(
+        self,
+        request: RouteRequest,
+        free: Sequence[ReplicaInfo],
+        ready: Sequence[ReplicaInfo],
+        load: LoadFn,
+    ) -> ReplicaInfo:
+        return min(free, key=lambda r: (load(r), r.replica_id))
+
+
+def _hash(text: str) -> int:
+    return int.from_bytes(
+        hashlib.blake2b(text.encode("utf-8", "replace"), digest_size=8).digest(), "big"
+    )
+
+
+class _HashRing:
+    """Consistent hashing with bounded loads: a key goes to the first replica
+    clockwise from its hash that is not above ``bound`` x the average load."""
+
+    def __init__(self, virtual_nodes: int, bound: float) -> None:
+        self.virtual_nodes = virtual_nodes
+        self.bound = bound
+        self._rings: dict[tuple[str, ...], tuple[list[int], list[str]]] = {}
+
+    def _ring(self, replica_ids: tuple[str, ...]) -> tuple[list[int], list[str]]:
+        ring = self._rings.get(replica_ids)
+        if ring is None:
+            points = sorted(
+                (_hash(f"{rid}#{i}"), rid) for rid in replica_ids for i in range(self.virtual_nodes)
+            )
+            ring = ([p for p, _ in points], [rid for _, rid in points])
+            self._rings = {replica_ids: ring}  # one ring per replica set; sets rarely change
+        return ring
+
+    def pick(
+        self,
+        key: str,
+        free: Sequence[ReplicaInfo],
+        ready: Sequence[ReplicaInfo],
+        load: LoadFn,
+    ) -> ReplicaInfo:
+        by_id = {r.replica_id: r for r in ready}
+        free_ids = {r.replica_id for r in free}
+        hashes, owners = self._ring(tuple(sorted(by_id)))
+        total = sum(load(r) for r in ready) + 1  # + the request being placed
+        limit = math.ceil(self.bound * total / max(len(ready), 1))
+        start = bisect.bisect(hashes, _hash(key)) % len(hashes)
+        seen: set[str] = set()
+        for offset in range(len(hashes)):
+            rid = owners[(start + offset) % len(hashes)]
+            if rid in seen:
+                continue
+            seen.add(rid)
+            if rid in free_ids and load(by_id[rid]) + 1 <= limit:
+                return by_id[rid]
+            if len(seen) == len(by_id):
+                break
+        return min(free, key=lambda r: (load(r), r.replica_id))
+
+
+class PrefixAffinityRouter:
+    def __init__(self, config: PrefixAffinityRouting) -> None:
+        self.ring = _HashRing(config.virtual_nodes, config.load_bound)
+        self.fallback = RoundRobinRouter()
+
+    def pick(
+        self,
+        request: RouteRequest,
+        free: Sequence[ReplicaInfo],
+        ready: Sequence[ReplicaInfo],
+        load: LoadFn,
+    ) -> ReplicaInfo:
+        if not request.affinity:
+            return self.fallback.pick(request, free, ready, load)
+        return self.ring.pick(request.affinity, free, ready, load)
+
+
+class SessionRouter:
+    def __init__(self, config: SessionRouting) -> None:
+        self.ring = _HashRing(config.virtual_nodes, config.load_bound)
+        self.fallback = RoundRobinRouter()
+
+    def pick(
+        self,
+        request: RouteRequest,
+        free: Sequence[ReplicaInfo],
+        ready: Sequence[ReplicaInfo],
+        load: LoadFn,
+    ) -> ReplicaInfo:
+        if not request.session:
+            return self.fallback.pick(request, free, ready, load)
+        return self.ring.pick(request.session, free, ready, load)
+
+
+def build_router(config: RoutingConfig) -> Router:
+    if isinstance(config, RoundRobinRouting):
+        return RoundRobinRouter()
+    if isinstance(config, LeastLoadedRouting):
+        return LeastLoadedRouter(config)
+    if isinstance(config, PrefixAffinityRouting):
+        return PrefixAffinityRouter(config)
+    return SessionRouter(config)

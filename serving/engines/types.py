@@ -13,6 +13,7 @@ class ReplicaState(str, enum.Enum):
     READY = "ready"  # serving
     UNHEALTHY = "unhealthy"  # process alive but failing health checks
     RESTARTING = "restarting"  # actor died; Ray is restarting it
+    DRAINING = "draining"  # being removed: finishes its requests, takes no new ones
     FAILED = "failed"  # gave up (restarts exhausted, start-up error)
     STOPPED = "stopped"
 
@@ -34,6 +35,8 @@ class ReplicaInfo:
     node_ip: str = ""
     log_path: str = ""
     message: str = ""
+    running: float = 0.0  # engine's running requests at the last health check
+    waiting: float = 0.0
 
     @property
     def ready(self) -> bool:

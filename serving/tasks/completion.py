@@ -67,7 +67,7 @@ class CompletionRun:
         healers = {i: _WhitespaceHealer(self.prepared.healed) for i in range(self.n)}
         self.texts = dict.fromkeys(range(self.n), "")
         try:
-            async for event in sse_events(self.call.upstream):
+            async for event in sse_events(self.call.chunks()):
                 if event.get("usage") and not event.get("choices"):
                     continue
                 for choice in event.get("choices", []):
@@ -241,8 +241,15 @@ class CodeCompleter:
             payload["stop"] = prepared.stop[:16]
         if prepared.stop_token_ids:
             payload["stop_token_ids"] = prepared.stop_token_ids
+        if ctx is not None and ctx.affinity_text is None:
+            ctx.affinity_text = prepared.context.prefix
         call = await self.dispatcher.open(
-            ctx, prepared.model, "/v1/completions", payload, cost=prepared.max_tokens * n
+            ctx,
+            prepared.model,
+            "/v1/completions",
+            payload,
+            stream=True,
+            cost=prepared.max_tokens * n,
         )
         return CompletionRun(prepared=prepared, call=call, n=n)
 
