@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import stat
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -345,7 +346,7 @@ def test_inflight_target_adapts_to_engine_load() -> None:
     from serving.engines.stats import EngineStats
 
     class Stats:
-        stats: dict[str, EngineStats] = {}
+        stats: ClassVar[dict[str, EngineStats]] = {}
 
     async def run() -> list[int]:
         scheduler, registry = _scheduler(target=4)

@@ -290,7 +290,10 @@ def test_sigterm_drains_the_gateway(stack: SeedServeProcess, tmp_path: Path) -> 
             timeout=120,
         ) as response:
             results.append(
-                (response.status_code, [l for l in response.iter_lines() if l.startswith("data: ")])
+                (
+                    response.status_code,
+                    [line for line in response.iter_lines() if line.startswith("data: ")],
+                )
             )
 
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(3)]
