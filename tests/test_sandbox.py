@@ -23,7 +23,7 @@ def sandbox() -> Sandbox:
     box = Sandbox(LIMITS)
     assert box.available, box.note
     assert box.isolation is not None and box.isolation.kind == "bwrap", (
-        "CI installs bubblewrap; these containment tests need it"
+        f"CI installs bubblewrap; these containment tests need it ({box.note})"
     )
     return box
 

@@ -79,15 +79,12 @@ def _bwrap_prefix(workdir: Path) -> list[str]:
             args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
+    # A private /tmp first: the Python installation may live under /tmp too
+    # (a CI checkout), and a later bind must not be hidden by it.
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     for root in _python_roots():
         args += ["--ro-bind", root, root]
     args += [
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--tmpfs",
-        "/tmp",
         "--bind",
         str(workdir),
         SANDBOX_DIR,
