@@ -30,6 +30,8 @@ from tests.support.stack import (
 )
 
 BODY = {"model": TINY_MODEL, "prompt": "def f(x):", "max_tokens": 4, "temperature": 0}
+# The start of one file, longer than the routing key (1024 characters).
+FILE_HEADER = "".join(f"import module_{i}  # dependency {i}\n" for i in range(40))
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +117,7 @@ def test_prefix_affinity_keeps_a_document_on_one_replica(stack: SeedServeProcess
     by_prompt = {
         served_by(
             stack.http.post(
-                "/v1/completions", json={**BODY, "prompt": "import os\nimport sys\n" + "x" * i}
+                "/v1/completions", json={**BODY, "prompt": FILE_HEADER + f"value_{i} = {i}\n"}
             )
         )
         for i in range(6)
@@ -138,14 +140,17 @@ def test_least_loaded_moves_traffic_away_from_a_busy_replica(
     try:
         gateway.wait_ready(replicas=2, timeout_s=180)
         busy = next(r for r in replica_endpoints(stack) if r["replica_id"] == "scale-0")
-        long = {**BODY, "max_tokens": 900, "min_tokens": 900, "n": 4}
+        long = {**BODY, "max_tokens": 900, "min_tokens": 900, "n": 4, "temperature": 0.8}
+        occupied: list[int] = []
 
         def occupy() -> None:  # straight at the engine: load the gateway did not send
-            httpx.post(
-                busy["url"] + "/v1/completions",
-                json=long,
-                headers={"Authorization": f"Bearer {busy['token']}"},
-                timeout=120,
+            occupied.append(
+                httpx.post(
+                    busy["url"] + "/v1/completions",
+                    json=long,
+                    headers={"Authorization": f"Bearer {busy['token']}"},
+                    timeout=120,
+                ).status_code
             )
 
         threads = [threading.Thread(target=occupy) for _ in range(3)]
@@ -162,6 +167,7 @@ def test_least_loaded_moves_traffic_away_from_a_busy_replica(
         ]
         for thread in threads:
             thread.join()
+        assert occupied == [200, 200, 200]
         assert collections.Counter(served)["scale-1"] == 6
     finally:
         gateway.stop()
@@ -324,20 +330,20 @@ def test_runtime_scaling_under_traffic(stack: SeedServeProcess, admin: str) -> N
     failures: list[str] = []
     stop = threading.Event()
 
-    def traffic() -> None:
+    def traffic(worker: int) -> None:
         index = 0
         while not stop.is_set():
             index += 1
             response = stack.http.post(
                 "/v1/completions",
                 json=BODY,
-                headers={"x-seed-serve-document": f"t{index}.py"},
+                headers={"x-seed-serve-document": f"w{worker}-{index}.py"},
                 timeout=120,
             )
             if response.status_code != 200:
                 failures.append(f"{response.status_code} {response.text[:200]}")
 
-    threads = [threading.Thread(target=traffic) for _ in range(2)]
+    threads = [threading.Thread(target=traffic, args=(w,)) for w in range(2)]
     for thread in threads:
         thread.start()
     try:

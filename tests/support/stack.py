@@ -114,9 +114,10 @@ class SeedServeProcess:
 
     @property
     def http(self) -> httpx.Client:
-        """HTTP with this stack's demo key."""
+        """HTTP to this process (with its demo key, when it has one)."""
         if getattr(self, "_http", None) is None:
-            self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=300)
+            headers = self.headers if self.demo_key_file is not None else {}
+            self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=300)
         return self._http
 
     def audit_lines(self) -> list[dict[str, Any]]:
