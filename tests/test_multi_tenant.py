@@ -555,6 +555,7 @@ def test_latest_keystroke_wins(
     gateways.append(gateway)
     document = {"x-seed-serve-document": "src/app.py"}
     older_lines: list[str] = []
+    streaming = threading.Event()
 
     def older() -> None:
         with httpx.stream(
@@ -564,11 +565,18 @@ def test_latest_keystroke_wins(
             headers={"Authorization": f"Bearer {user}", **document},
             timeout=60,
         ) as response:
-            older_lines.extend(line for line in response.iter_lines() if line.startswith("data: "))
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    older_lines.append(line)
+                    streaming.set()
+        streaming.set()
 
     thread = threading.Thread(target=older)
     thread.start()
     wait_until_inflight(gateway, admin, 1)
+    # Supersede a stream that is already sending tokens (the case that needs an SSE error
+    # chunk); before the first token the older request simply gets a JSON error.
+    assert streaming.wait(60)
     newer = post(gateway, user, BODY, headers=document)
     thread.join()
     assert newer.status_code == 200
