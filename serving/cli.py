@@ -24,6 +24,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, *, gateway_only: bool = F
     parser.add_argument("--port", type=int, help="gateway.port")
     parser.add_argument("--ray-address", help="ray.address: join this Ray cluster")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", choices=["json", "text"])
     if not gateway_only:
         parser.add_argument("--replicas", type=int, help="replica_groups[0].replicas")
         parser.add_argument("--model", help="replica_groups[0].engine.model")
@@ -48,6 +49,7 @@ def _overrides(args: argparse.Namespace) -> list[tuple[str, Any]]:
         "port": "gateway.port",
         "ray_address": "ray.address",
         "log_level": "gateway.log_level",
+        "log_format": "gateway.log_format",
         "replicas": "replica_groups.0.replicas",
         "model": "replica_groups.0.engine.model",
     }
@@ -157,9 +159,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "config":
         print(dump_config(config), end="")
         return 0
-    from serving.runtime import configure_logging, run_gateway, run_up
+    from serving.observability.logs import configure_logging
+    from serving.runtime import run_gateway, run_up
 
-    configure_logging(config.gateway.log_level)
+    configure_logging(config.gateway.log_level, config.gateway.log_format)
     if args.command == "up":
         return run_up(config)
     return run_gateway(config)

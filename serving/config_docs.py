@@ -29,6 +29,7 @@ from serving.config import (
     ServingConfig,
     SessionRouting,
     TasksConfig,
+    TelemetryConfig,
     TimeoutsConfig,
 )
 
@@ -51,6 +52,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("quotas", QuotaConfig),
     ("quotas.key_defaults / quotas.tenant_defaults", LimitsConfig),
     ("admission", AdmissionConfig),
+    ("telemetry", TelemetryConfig),
 ]
 
 

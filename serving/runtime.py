@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import socket
-import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -67,18 +66,6 @@ def check_models(config: ServingConfig) -> None:
                 )
         if engine.chat_template and not Path(engine.chat_template).expanduser().is_file():
             raise ConfigError(f"{field}.chat_template", f"{engine.chat_template} does not exist")
-
-
-# --------------------------------------------------------------------------- logging
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("seed_serve").setLevel(level.upper())
 
 
 # --------------------------------------------------------------------------- ray
@@ -156,8 +143,9 @@ async def _serve(
     metrics = GatewayMetrics()
     state = GatewayState()
     gateway = config.gateway
+    app = build_app(config, registry, metrics=metrics, state=state)
     server = _uvicorn_server(
-        build_app(config, registry, metrics=metrics, state=state),
+        app,
         gateway.host,
         gateway.port,
         gateway.log_level,
@@ -170,7 +158,7 @@ async def _serve(
     metrics_server = None
     if gateway.metrics_port is not None:
         metrics_server = _uvicorn_server(
-            build_metrics_app(metrics),
+            build_metrics_app(app),
             gateway.metrics_host,
             gateway.metrics_port,
             "warning",

@@ -177,3 +177,10 @@ def test_readme_configuration_reference_is_in_sync() -> None:
     assert match.group(1) == config_reference(), (
         "README's configuration reference is stale: paste `seed-serve config --reference`"
     )
+
+
+def test_reference_covers_every_config_section() -> None:
+    from serving.config_docs import SECTIONS
+
+    documented = {prefix.split(" ")[0].split(".")[0].removesuffix("[]") for prefix, _ in SECTIONS}
+    assert set(ServingConfig.model_fields) <= documented

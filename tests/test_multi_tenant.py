@@ -24,6 +24,7 @@ import yaml
 
 from serving.admission.keys import create_key, load_keys_file, save_keys_file
 from tests.conftest import TINY_MODEL
+from tests.support.redis_server import redis_server as start_redis
 from tests.support.stack import (
     ROOT,
     JoinedGateway,
@@ -348,35 +349,8 @@ def test_audit_line_for_every_outcome(
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with __import__("socket").create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.1)
-    yield port, process
-    if process.poll() is None:
-        process.kill()
-        process.wait()
+    with start_redis(tmp_path) as server:
+        yield server
 
 
 def test_redis_shares_limits_across_gateways_and_fails_as_configured(

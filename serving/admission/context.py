@@ -46,6 +46,9 @@ class RequestContext:
     queue_wait_s: float | None = None
     prompt_text: str | None = None
     completion_text: str | None = None
+    response_id: str | None = None  # the answer's id (suggestion events refer to it)
+    language: str | None = None
+    audit_extra: dict[str, Any] = field(default_factory=dict)
     on_finish: list[Callable[[RequestContext], None]] = field(default_factory=list)
 
     @property

@@ -13,6 +13,7 @@ from serving.admission.quotas import Quotas
 from serving.admission.scheduler import AdmissionScheduler
 from serving.api.code_serving import CodeServing
 from serving.api.errors import register_exception_handlers
+from serving.api.feedback import SuggestionFeedback
 from serving.api.middleware import GatewayMiddleware
 from serving.api.routes import (
     admin_router,
@@ -31,6 +32,7 @@ from serving.engines.router import build_router
 from serving.engines.stats import EngineStatsPoller
 from serving.observability.audit import AuditLog
 from serving.observability.metrics import GatewayMetrics
+from serving.observability.telemetry import build_completion_store
 from serving.sandbox import Sandbox
 from serving.tasks.completion import CodeCompleter
 
@@ -50,7 +52,10 @@ def build_app(
     auth = Authenticator(config.auth, metrics)
     quotas = Quotas(config.quotas, metrics)
     audit = AuditLog(config.audit)
-    stats = EngineStatsPoller(registry, None, config.admission.stats_interval_s)
+    stats = EngineStatsPoller(registry, None, config.admission.stats_interval_s, metrics)
+    feedback = SuggestionFeedback(
+        build_completion_store(config.telemetry) if config.telemetry.enabled else None, metrics
+    )
     routing = config.routing
     scheduler = AdmissionScheduler(
         config.admission,
@@ -92,6 +97,7 @@ def build_app(
             await registry.stop()
             await client.close()
             await quotas.close()
+            await feedback.close()
             audit.close()
 
     app = FastAPI(
@@ -103,10 +109,10 @@ def build_app(
     register_exception_handlers(app)
     app.include_router(health_router(registry, state))
     app.include_router(openai_router(serving, registry))
-    app.include_router(code_router(code))
+    app.include_router(code_router(code, feedback))
     app.include_router(admin_router(registry))
     if config.gateway.metrics_port is None:
-        app.include_router(metrics_router(metrics))
+        app.include_router(metrics_router(metrics, stats))
     app.add_middleware(
         GatewayMiddleware,
         config=config.gateway,
@@ -115,6 +121,7 @@ def build_app(
         audit=audit,
         metrics=metrics,
         state=state,
+        feedback=feedback,
         auth_enabled=config.auth.enabled,
         session_header=routing.header
         if isinstance(routing, SessionRouting)
@@ -122,11 +129,13 @@ def build_app(
     )
     app.state.metrics = metrics
     app.state.gateway = state
+    app.state.engine_stats = stats
     return app
 
 
-def build_metrics_app(metrics: GatewayMetrics) -> FastAPI:
-    """/metrics alone, for the internal metrics port (no key: keep it off the network)."""
+def build_metrics_app(gateway_app: FastAPI) -> FastAPI:
+    """/metrics and /metrics/engines of ``gateway_app`` alone, for the internal
+    metrics port (no key: keep it off the network)."""
     app = FastAPI(title="Seed Serve metrics", docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(metrics_router(metrics))
+    app.include_router(metrics_router(gateway_app.state.metrics, gateway_app.state.engine_stats))
     return app

@@ -143,3 +143,31 @@ class CodeTestsResponse(BaseModel):
     failures: list[TestFailureInfo]
     candidates_tried: int
     usage: Usage
+
+
+class SuggestionEventRequest(BaseModel):
+    """POST /v1/code/events: what the developer did with a completion."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    completion_id: str = Field(
+        min_length=1, max_length=256, description="The `id` of the completion reported on."
+    )
+    event: Literal["shown", "accepted", "dismissed"] = Field(
+        description="shown: displayed to the developer; accepted / dismissed: the outcome."
+    )
+    accepted_chars: int | None = Field(
+        default=None, ge=0, description="With `accepted`: characters kept (partial accepts)."
+    )
+    language: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Language id, when the completion request did not give one.",
+    )
+
+
+class SuggestionEventResponse(BaseModel):
+    object: Literal["code.event"] = "code.event"
+    completion_id: str
+    event: str
+    recorded: bool = Field(description="False when this event was already reported (not counted).")

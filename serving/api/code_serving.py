@@ -123,6 +123,8 @@ class CodeServing:
         run = await self.completer.start(prepared, sampling, ctx=ctx)
         headers = {REPLICA_HEADER: run.replica.replica_id}
         completion_id = f"cmpl-{uuid.uuid4().hex}"
+        ctx.response_id = completion_id
+        ctx.language = language
         created = int(time.time())
 
         def answer(text: str, finish_reason: str) -> CodeCompletionResponse:
@@ -169,6 +171,7 @@ class CodeServing:
                     )
                 if delta.finish_reason:
                     finish = delta.finish_reason
+            ctx.completion_text = run.texts[0]
             final = answer("", finish).model_dump()
             final["object"] = "code.completion.chunk"
             yield sse_event(final)
@@ -210,8 +213,11 @@ class CodeServing:
         ctx.usage(result.prompt_tokens, result.completion_tokens)
         best = result.best
         change = best.change
+        ctx.response_id = f"repair-{uuid.uuid4().hex}"
+        ctx.language = language
+        ctx.completion_text = best.code
         return CodeRepairResponse(
-            id=f"repair-{uuid.uuid4().hex}",
+            id=ctx.response_id,
             model=status.name,
             fixed_code=best.code,
             diff=change.diff if change else "",
@@ -265,9 +271,10 @@ class CodeServing:
             total_tokens=result.prompt_tokens + result.completion_tokens,
         )
         best = result.best
+        ctx.language = language
         if best is None or best.report is None:
             return CodeTestsResponse(
-                id=f"tests-{uuid.uuid4().hex}",
+                id=f"tests-{uuid.uuid4().hex}",  # nothing to accept: not tracked
                 model=status.name,
                 tests="",
                 syntax_ok=False,
@@ -281,8 +288,10 @@ class CodeServing:
                 usage=usage,
             )
         report = best.report
+        ctx.response_id = f"tests-{uuid.uuid4().hex}"
+        ctx.completion_text = best.source
         return CodeTestsResponse(
-            id=f"tests-{uuid.uuid4().hex}",
+            id=ctx.response_id,
             model=status.name,
             tests=best.source,
             syntax_ok=True,

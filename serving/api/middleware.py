@@ -15,12 +15,13 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from serving.admission.auth import Authenticator
 from serving.admission.context import ROUTE_TASKS, RequestContext
 from serving.admission.quotas import Quotas
+from serving.api.feedback import SuggestionFeedback
 from serving.api.state import GatewayState
 from serving.config import GatewayConfig
 from serving.errors import (
@@ -31,6 +32,7 @@ from serving.errors import (
     ServiceUnavailableError,
 )
 from serving.observability.audit import AuditLog
+from serving.observability.logs import request_id_var
 from serving.observability.metrics import GatewayMetrics
 
 logger = logging.getLogger("seed_serve.api")
@@ -39,6 +41,8 @@ REQUEST_ID_HEADER = "x-request-id"
 REPLICA_HEADER = "x-seed-serve-replica"
 NO_REPLICA = "none"  # the answer did not come from a replica (e.g. a 400)
 OPEN_PATHS = frozenset({"/health", "/ready"})
+_INVALID_STATUSES = frozenset({400, 404, 413, 422})
+_QUIET_PATHS = frozenset({"/health", "/ready", "/metrics", "/metrics/engines"})  # probes, scrapes
 ADMIN_PATHS = ("/metrics", "/v1/admin")
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
 
@@ -60,6 +64,7 @@ class GatewayMiddleware:
         audit: AuditLog,
         metrics: GatewayMetrics,
         state: GatewayState,
+        feedback: SuggestionFeedback,
         auth_enabled: bool = True,
         session_header: str = "x-seed-serve-session",
     ) -> None:
@@ -70,6 +75,7 @@ class GatewayMiddleware:
         self.audit = audit
         self.metrics = metrics
         self.state = state
+        self.feedback = feedback
         self.auth_enabled = auth_enabled
         self.session_header = session_header.encode()
 
@@ -107,7 +113,8 @@ class GatewayMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["ctx"] = ctx
-        response = _ResponseTracker(send, request_id, ctx)
+        log_context = request_id_var.set(request_id)
+        response = _ResponseTracker(send, request_id, ctx, self.feedback.track)
         slots: list[str] = []
         self.metrics.inflight.inc()
         self.state.enter()
@@ -148,6 +155,7 @@ class GatewayMiddleware:
                 self.metrics.cancellations.labels(reason="disconnect").inc()
             ctx.status = response.status
             await self._finish(ctx, slots)
+            request_id_var.reset(log_context)
 
     # ------------------------------------------------------------------ limits
 
@@ -202,6 +210,7 @@ class GatewayMiddleware:
         except Exception:
             logger.exception("quota accounting failed for %s", ctx.request_id)
         self._observe(ctx)
+        self._log(ctx)
         self.audit.write(self._audit_record(ctx))
         if self.audit.write_errors:
             self.metrics.audit_write_errors.inc(self.audit.write_errors)
@@ -210,13 +219,17 @@ class GatewayMiddleware:
     def _observe(self, ctx: RequestContext) -> None:
         if ctx.route not in ROUTE_TASKS:
             return
+        if ctx.outcome == "error" and ctx.status in _INVALID_STATUSES:
+            # Bad input answered by the route (the middleware's own refusals are
+            # "rejected" and already counted).
+            self.metrics.rejections.labels(reason="invalid").inc()
         model = ctx.model or "unknown"
         ended = time.monotonic()
         self.metrics.requests.labels(task=ctx.task, model=model, status=str(ctx.status)).inc()
         self.metrics.request_duration.labels(task=ctx.task, model=model).observe(
             ended - ctx.started
         )
-        if ctx.first_token is not None:
+        if ctx.first_token is not None and ctx.status == 200 and ctx.outcome == "ok":
             self.metrics.ttft.labels(task=ctx.task, model=model).observe(
                 ctx.first_token - ctx.started
             )
@@ -231,6 +244,35 @@ class GatewayMiddleware:
             self.metrics.completion_tokens.labels(tenant=tenant, task=ctx.task).inc(
                 ctx.completion_tokens
             )
+
+    @staticmethod
+    def _log(ctx: RequestContext) -> None:
+        """The access-log line: what and how, never the prompt."""
+        level = logging.INFO if ctx.route not in _QUIET_PATHS else logging.DEBUG
+        if not logger.isEnabledFor(level):
+            return
+        logger.log(
+            level,
+            "%s %s %d %s",
+            ctx.method,
+            ctx.route,
+            ctx.status,
+            ctx.outcome,
+            extra={
+                "route": ctx.route,
+                "status": ctx.status,
+                "outcome": ctx.outcome,
+                "task": ctx.task,
+                "model": ctx.model,
+                "tenant": ctx.tenant,
+                "key_id": ctx.key_id,
+                "replica": ctx.replica,
+                "error_code": ctx.error_code,
+                "latency_ms": round((time.monotonic() - ctx.started) * 1000, 2),
+                "prompt_tokens": ctx.prompt_tokens,
+                "completion_tokens": ctx.completion_tokens,
+            },
+        )
 
     def _audit_record(self, ctx: RequestContext) -> dict[str, Any]:
         ended = time.monotonic()
@@ -261,6 +303,7 @@ class GatewayMiddleware:
             else None,
             "finish_reason": ctx.finish_reason,
         }
+        record.update(ctx.audit_extra)
         prompt = self.audit.text_field(ctx.prompt_text)
         if prompt is not None:
             record["prompt"] = prompt
@@ -271,10 +314,17 @@ class GatewayMiddleware:
 class _ResponseTracker:
     """Stamps headers on the response and notes its status and whether it ended."""
 
-    def __init__(self, send: Any, request_id: str, ctx: RequestContext) -> None:
+    def __init__(
+        self,
+        send: Any,
+        request_id: str,
+        ctx: RequestContext,
+        before_end: Callable[[RequestContext], Awaitable[None]],
+    ) -> None:
         self._send = send
         self._rid = request_id.encode()
         self.ctx = ctx
+        self._before_end = before_end
         self.status = 0
         self.complete = False
 
@@ -297,6 +347,8 @@ class _ResponseTracker:
                 self.ctx.first_token = time.monotonic()
             if not message.get("more_body", False):
                 self.complete = True
+                self.ctx.status = self.status
+                await self._before_end(self.ctx)
         await self._send(message)
 
 

@@ -18,9 +18,12 @@ from serving.api.code_protocol import (
     CodeRepairResponse,
     CodeTestsRequest,
     CodeTestsResponse,
+    SuggestionEventRequest,
+    SuggestionEventResponse,
 )
 from serving.api.code_serving import CodeServing
 from serving.api.disconnect import unless_disconnected
+from serving.api.feedback import SuggestionFeedback
 from serving.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -31,6 +34,7 @@ from serving.api.protocol import (
 from serving.api.serving import OpenAIServing
 from serving.api.state import GatewayState
 from serving.engines.registry import ReplicaRegistry
+from serving.engines.stats import EngineStatsPoller
 from serving.errors import BadRequestError
 from serving.observability.metrics import GatewayMetrics
 
@@ -74,8 +78,15 @@ def openai_router(serving: OpenAIServing, registry: ReplicaRegistry) -> APIRoute
     return router
 
 
-def code_router(code: CodeServing) -> APIRouter:
+def code_router(code: CodeServing, feedback: SuggestionFeedback) -> APIRouter:
     router = APIRouter()
+
+    @router.post("/v1/code/events", responses=_ERRORS | {409: {"model": ErrorResponse}})
+    async def suggestion_event(
+        body: SuggestionEventRequest, request: Request
+    ) -> SuggestionEventResponse:
+        """Report that a completion was shown, accepted or dismissed (same key)."""
+        return await feedback.report(body, context_of(request.scope))
 
     @router.post(
         "/v1/code/completions",
@@ -147,13 +158,20 @@ def admin_router(registry: ReplicaRegistry) -> APIRouter:
     return router
 
 
-def metrics_router(metrics: GatewayMetrics) -> APIRouter:
+def metrics_router(metrics: GatewayMetrics, stats: EngineStatsPoller) -> APIRouter:
     router = APIRouter()
 
     @router.get("/metrics", include_in_schema=False)
     async def prometheus() -> Response:
         """Prometheus metrics (admin key on the main port; open on metrics_port)."""
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @router.get("/metrics/engines", include_in_schema=False)
+    def engine_metrics() -> Response:
+        """Every replica's own vLLM metrics, labelled ``replica``, as last polled
+        (the engines' API stays unreachable). A plain ``def``: the relabelling runs
+        in the thread pool, off the event loop."""
+        return Response(stats.render_engine_metrics(), media_type=CONTENT_TYPE_LATEST)
 
     return router
 

@@ -226,6 +226,7 @@ class OpenAIServing:
         run = await self.completer.start(prepared, sampling, n=request.n, ctx=ctx)
         headers = {REPLICA_HEADER: run.replica.replica_id}
         completion_id = f"cmpl-{uuid.uuid4().hex}"
+        ctx.response_id = completion_id
         created = int(time.time())
         if not request.stream:
             async for _ in run.deltas():
@@ -273,6 +274,7 @@ class OpenAIServing:
                 )
             ctx.usage(run.prompt_tokens, run.completion_tokens)
             ctx.finish_reason = run.finish_reasons.get(0)
+            ctx.completion_text = run.texts.get(0)
             if request.wants_usage_chunk():
                 yield sse_event(
                     {
@@ -332,12 +334,22 @@ def _note_usage(ctx: RequestContext, raw: bytes) -> None:
         data = json.loads(raw)
     except ValueError:
         return
-    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return
+    usage = data.get("usage")
     if isinstance(usage, dict):
         ctx.usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-    choices = data.get("choices") if isinstance(data, dict) else None
-    if choices:
-        ctx.finish_reason = choices[0].get("finish_reason")
+    if isinstance(data.get("id"), str):
+        ctx.response_id = data["id"]
+    choices = data.get("choices")
+    if choices and isinstance(choices[0], dict):
+        first = choices[0]
+        ctx.finish_reason = first.get("finish_reason")
+        text = first.get("text")
+        if text is None and isinstance(first.get("message"), dict):
+            text = first["message"].get("content")
+        if isinstance(text, str):
+            ctx.completion_text = text
 
 
 def _usage(run: CompletionRun) -> dict[str, int]:
@@ -363,6 +375,8 @@ async def _relay(
             if end < 0:
                 continue
             ready, buffer = buffer[: end + 2], buffer[end + 2 :]
+            if ctx.response_id is None:
+                _take_response_id(ready, ctx)
             if b'"usage":{' in ready:
                 ready = _take_usage(ready, ctx, keep_usage)
             if b'"finish_reason":"' in ready:
@@ -406,6 +420,17 @@ def _take_usage(events: bytes, ctx: RequestContext, keep: bool) -> bytes:
                 continue
         kept.append(event)
     return b"\n\n".join(kept)
+
+
+def _take_response_id(events: bytes, ctx: RequestContext) -> None:
+    marker = b'"id":"'
+    start = events.find(marker)
+    if start < 0:
+        return
+    start += len(marker)
+    end = events.find(b'"', start)
+    if 0 < end - start <= 256:
+        ctx.response_id = events[start:end].decode(errors="replace")
 
 
 def _take_finish_reason(events: bytes, ctx: RequestContext) -> None:

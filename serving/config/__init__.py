@@ -19,7 +19,7 @@ from serving.config._engines import (
     RayConfig,
     ReplicaGroupConfig,
 )
-from serving.config._gateway import GatewayConfig, SandboxConfig, TasksConfig
+from serving.config._gateway import GatewayConfig, SandboxConfig, TasksConfig, TelemetryConfig
 from serving.config._loading import ENV_PREFIX, dump_config, load_config
 from serving.config._model import ServingConfig
 from serving.config._scaling import (
@@ -56,6 +56,7 @@ __all__ = [
     "ServingConfig",
     "SessionRouting",
     "TasksConfig",
+    "TelemetryConfig",
     "TimeoutsConfig",
     "dump_config",
     "load_config",

@@ -60,6 +60,45 @@ class GatewayConfig(Strict):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the gateway."
     )
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="json: one JSON object per line with the request id (for log collectors); "
+        "text: plain lines for a terminal. Prompts and completions are never logged.",
+    )
+
+
+class TelemetryConfig(Strict):
+    """Suggestion feedback (POST /v1/code/events): which completions were shown,
+    accepted or dismissed. Completion ids are remembered this long so that an
+    IDE can report on them."""
+
+    enabled: bool = Field(default=True, description="Accept suggestion events.")
+    backend: Literal["memory", "redis"] = Field(
+        default="memory",
+        description="Where completion ids live: memory (one gateway) or redis (several gateway "
+        "replicas behind one load balancer: an event may reach another replica).",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis URL for backend redis (redis://host:6379/0)."
+    )
+    ttl_s: float = Field(
+        default=3600.0,
+        ge=10.0,
+        le=7 * 24 * 3600.0,
+        description="How long after a completion its events are accepted.",
+    )
+    max_tracked: int = Field(
+        default=200_000,
+        ge=100,
+        le=10_000_000,
+        description="Most completion ids remembered in memory (the oldest are forgotten first).",
+    )
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> TelemetryConfig:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("backend redis needs redis_url")
+        return self
 
 
 class TasksConfig(Strict):

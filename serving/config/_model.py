@@ -7,7 +7,7 @@ from pydantic import Field, field_validator
 from serving.config._admission import AdmissionConfig, AuditConfig, AuthConfig, QuotaConfig
 from serving.config._base import Strict
 from serving.config._engines import RayConfig, ReplicaGroupConfig
-from serving.config._gateway import GatewayConfig, SandboxConfig, TasksConfig
+from serving.config._gateway import GatewayConfig, SandboxConfig, TasksConfig, TelemetryConfig
 from serving.config._scaling import (
     HealthConfig,
     PrefixAffinityRouting,
@@ -38,6 +38,9 @@ class ServingConfig(Strict):
     quotas: QuotaConfig = Field(default_factory=QuotaConfig, description="Rate limits.")
     admission: AdmissionConfig = Field(
         default_factory=AdmissionConfig, description="Admission queue, lanes, fairness."
+    )
+    telemetry: TelemetryConfig = Field(
+        default_factory=TelemetryConfig, description="Suggestion feedback (shown/accepted)."
     )
     sandbox: SandboxConfig = Field(
         default_factory=SandboxConfig, description="Isolated execution of code."

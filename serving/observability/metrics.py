@@ -155,13 +155,13 @@ class GatewayMetrics:
         self.suggestions = Counter(
             "seed_serve_suggestions_total",
             "Suggestion events reported by clients.",
-            ["task", "language", "event"],
+            ["task", "tenant", "language", "event"],
             registry=r,
         )
         self.accepted_chars = Counter(
             "seed_serve_suggestion_accepted_chars_total",
             "Characters of suggestions accepted.",
-            ["task", "language"],
+            ["task", "tenant", "language"],
             registry=r,
         )
         self.quota_store_errors = Counter(

@@ -1,0 +1,132 @@
+"""Serving logic of POST /v1/code/events (suggestion feedback) and the hook
+that remembers every completion it may refer to."""
+
+from __future__ import annotations
+
+import logging
+
+from serving.admission.context import RequestContext
+from serving.api.code_protocol import SuggestionEventRequest, SuggestionEventResponse
+from serving.errors import BadRequestError, ConflictError, NotFoundError
+from serving.observability.metrics import GatewayMetrics
+from serving.observability.telemetry import (
+    CompletionStore,
+    OutcomeConflict,
+    TrackedCompletion,
+)
+from serving.tasks.languages import UnsupportedLanguage, resolve_language
+
+logger = logging.getLogger("seed_serve.feedback")
+
+# Tasks whose answers a developer accepts or dismisses.
+TRACKED_TASKS = frozenset({"completion", "chat", "code_completion", "repair", "tests"})
+UNKNOWN_LANGUAGE = "unknown"  # none given
+OTHER_LANGUAGE = "other"  # given, but not one the code tasks know (markdown, yaml, ...)
+
+
+def language_label(language: str | None) -> str:
+    """A bounded label: a language the gateway knows, ``other`` or ``unknown``."""
+    if not language:
+        return UNKNOWN_LANGUAGE
+    try:
+        return resolve_language(language, None)
+    except UnsupportedLanguage:
+        return OTHER_LANGUAGE
+
+
+class SuggestionFeedback:
+    def __init__(self, store: CompletionStore | None, metrics: GatewayMetrics) -> None:
+        self.store = store  # None: telemetry disabled
+        self.metrics = metrics
+
+    async def track(self, ctx: RequestContext) -> None:
+        """Remember a successful answer (called before its last byte is sent, so an
+        IDE's event right after the answer finds it)."""
+        if (
+            self.store is None
+            or ctx.response_id is None
+            or ctx.status != 200
+            or ctx.outcome != "ok"
+            or ctx.task not in TRACKED_TASKS
+        ):
+            return
+        completion = TrackedCompletion(
+            key_id=ctx.key_id,
+            tenant=ctx.tenant or "anonymous",
+            task=ctx.task,
+            model=ctx.model or "unknown",
+            language=language_label(ctx.language),
+            chars=len(ctx.completion_text) if ctx.completion_text is not None else None,
+        )
+        try:
+            await self.store.remember(ctx.response_id, completion)
+        except Exception as exc:  # the answer must not fail for its telemetry
+            logger.warning("could not remember completion for events: %s", exc)
+
+    async def report(
+        self, request: SuggestionEventRequest, ctx: RequestContext
+    ) -> SuggestionEventResponse:
+        if self.store is None:
+            raise NotFoundError(
+                "Suggestion events are disabled on this server (telemetry.enabled).",
+                code="telemetry_disabled",
+            )
+        if request.accepted_chars is not None and request.event != "accepted":
+            raise BadRequestError(
+                "'accepted_chars' is only valid with event 'accepted'.", param="accepted_chars"
+            )
+        completion = await self.store.get(request.completion_id)
+        # Another key's completion answers exactly like an unknown one.
+        if completion is None or completion.key_id != ctx.key_id:
+            raise NotFoundError(
+                f"No completion '{request.completion_id}' of this key is known (ids are kept "
+                "for a limited time after the completion).",
+                param="completion_id",
+                code="completion_not_found",
+            )
+        if (
+            request.accepted_chars is not None
+            and completion.chars is not None
+            and request.accepted_chars > completion.chars
+        ):
+            raise BadRequestError(
+                f"'accepted_chars' is {request.accepted_chars}, but the completion has "
+                f"{completion.chars} characters.",
+                param="accepted_chars",
+            )
+        language = completion.language
+        if language == UNKNOWN_LANGUAGE:
+            language = language_label(request.language)
+        try:
+            outcome = await self.store.mark(request.completion_id, request.event)
+        except OutcomeConflict as exc:
+            raise ConflictError(
+                f"Completion '{request.completion_id}' was already reported as {exc.earlier}.",
+                param="event",
+                code="outcome_already_reported",
+            ) from None
+        recorded = outcome == "recorded"
+        if recorded:
+            labels = {"task": completion.task, "tenant": completion.tenant, "language": language}
+            self.metrics.suggestions.labels(**labels, event=request.event).inc()
+            if request.event == "accepted":
+                chars = request.accepted_chars
+                if chars is None:
+                    chars = completion.chars or 0
+                self.metrics.accepted_chars.labels(**labels).inc(chars)
+        ctx.model = completion.model
+        ctx.audit_extra["suggestion"] = {
+            "completion_id": request.completion_id,
+            "event": request.event,
+            "task": completion.task,
+            "language": language,
+            "accepted_chars": request.accepted_chars,
+            "recorded": recorded,
+        }
+        return SuggestionEventResponse(
+            completion_id=request.completion_id, event=request.event, recorded=recorded
+        )
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()
