@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 EXTRA  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 DEMO_MODEL := $(or $(SEED_SERVE_HOME),$(HOME)/.cache/seed-serve)/models/smollm2-135m-instruct/.seed-serve-complete
 
-.PHONY: run test install install-dev demo-model system-tools lint typecheck clean
+.PHONY: run test install install-dev demo-model system-tools lint typecheck chart-docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -64,8 +64,12 @@ test: install-dev demo-model system-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install-dev
-	$(VENV)/bin/ruff check serving tests benchmarks
-	$(VENV)/bin/ruff format --check serving tests benchmarks
+	$(VENV)/bin/ruff check serving tests benchmarks tools
+	$(VENV)/bin/ruff format --check serving tests benchmarks tools
+
+# The chart's README, values.schema.json and deploy/kuberay/ from values.yaml.
+chart-docs: install-dev
+	$(PY) tools/helm_docs.py
 
 typecheck: install-dev
 	$(VENV)/bin/mypy
