@@ -279,6 +279,8 @@ def run_up(config: ServingConfig) -> int:
                     "namespace": config.ray.namespace,
                     "controller_name": config.ray.controller_name,
                     "gateway_url": _gateway_url(config),
+                    # Gateways joined later (seed-serve gateway) share the stack's keys.
+                    "keys_file": config.auth.keys_file,
                 }
             )
         )

@@ -184,3 +184,24 @@ def test_reference_covers_every_config_section() -> None:
 
     documented = {prefix.split(" ")[0].split(".")[0].removesuffix("[]") for prefix, _ in SECTIONS}
     assert set(ServingConfig.model_fields) <= documented
+
+
+@pytest.mark.parametrize(
+    ("overrides", "env"),
+    [
+        ([("routing.kv_weight", "0.5"), ("routing.policy", "least_loaded")], {}),
+        ([], {"SEED_SERVE_ROUTING__KV_WEIGHT": "0.5", "SEED_SERVE_ROUTING__POLICY": "least_loaded"}),
+    ],
+)
+def test_switching_the_routing_policy_by_flag_or_env(
+    overrides: list[tuple[str, str]], env: dict[str, str]
+) -> None:
+    """The default policy's own fields do not follow a switch to another policy."""
+    config = load_config(None, env=env, overrides=overrides)
+    assert config.routing.policy == "least_loaded"
+    assert config.routing.kv_weight == 0.5  # type: ignore[union-attr]
+    plain = load_config(None, overrides=[("routing.policy", "round_robin")])
+    assert plain.routing.policy == "round_robin"
+    # A field the new policy lacks is still an error, named.
+    with pytest.raises(ConfigError, match="routing"):
+        load_config(None, overrides=[("routing.policy", "round_robin"), ("routing.kv_weight", "1")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -44,3 +45,8 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def command_line(module: str, argv: list[str], secrets: dict[str | None, str]) -> str:
+    """The command that produced a result, keys replaced by placeholders (results are shared)."""
+    return f"python -m {module} " + shlex.join(secrets.get(arg, arg) for arg in argv)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks.common import Progress, machine_info, summarize, write_report
-from benchmarks.common.report import md_table, results_dir
+from benchmarks.common.report import command_line, md_table, results_dir
 from benchmarks.load.client import Api, RequestRecord, Target
 from benchmarks.load.workload import (
     TASKS,
@@ -460,8 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     plots = plot(levels, folder)
     result = {
         "machine": machine_info(),
-        "command": "python -m benchmarks.load "
-        + shlex.join(a if a != args.key else "$KEY" for a in argv),
+        "command": command_line(
+            "benchmarks.load", argv, {args.key: "$KEY", args.admin_key: "$ADMIN_KEY"}
+        ),
         "settings": {
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in vars(args).items()

@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import random
-import shlex
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks.common import Progress, machine_info, summarize, write_report
-from benchmarks.common.report import md_table, results_dir
+from benchmarks.common.report import command_line, md_table, results_dir
 from benchmarks.common.stats import percentile
 from benchmarks.load.workload import default_source_tree, load_corpus
 
@@ -500,9 +499,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    command = "python -m benchmarks.overhead " + shlex.join(
-        "$KEY" if a in (getattr(args, "key", None), getattr(args, "direct_token", None)) else a
-        for a in argv
+    command = command_line(
+        "benchmarks.overhead",
+        argv,
+        {getattr(args, "key", None): "$KEY", getattr(args, "direct_token", None): "$ENGINE_TOKEN"},
     )
     folder = results_dir(args.out, "overhead")
     machine = machine_info()  # before the capacity run pins this process to one CPU

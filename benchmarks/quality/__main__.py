@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import difflib
 import random
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks.common import Progress, machine_info, write_report
-from benchmarks.common.report import md_table, results_dir
+from benchmarks.common.report import command_line, md_table, results_dir
 from benchmarks.quality.bugs import OPERATORS, Bug, inject, mutants
 from serving.config import SandboxConfig
 from serving.sandbox import Sandbox, run_pytest
@@ -380,9 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     result = asyncio.run(run(args))
-    command = "python -m benchmarks.quality " + shlex.join(
-        "$KEY" if a == args.key else a for a in argv
-    )
+    command = command_line("benchmarks.quality", argv, {args.key: "$KEY"})
     folder = results_dir(args.out, "quality")
     paths = write_report(
         folder,

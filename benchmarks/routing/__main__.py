@@ -18,7 +18,6 @@ import asyncio
 import json
 import os
 import random
-import shlex
 import subprocess
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks.common import Progress, machine_info, summarize, write_report
-from benchmarks.common.report import md_table, results_dir
+from benchmarks.common.report import command_line, md_table, results_dir
 from benchmarks.load.client import RequestRecord, Target
 from benchmarks.load.workload import FimPrompt, SourceFile, default_source_tree, load_corpus
 from serving.paths import run_state_file
@@ -79,6 +78,8 @@ def start_gateway(
             f"ray.controller_name={state['controller_name']}",
             "--set",
             f"routing.policy={policy}",
+            # The stack's keys, so that the benchmark's key works on this gateway too.
+            *(["--set", f"auth.keys_file={state['keys_file']}"] if state.get("keys_file") else []),
         ],
         cwd=ROOT,
         stdout=log.open("wb"),
@@ -177,6 +178,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             process.terminate()
             process.wait(timeout=60)
         ok = [r for r in records if r.ok]
+        first_errors = sorted({r.error for r in records if r.error})[:3]
+        if not ok:
+            raise SystemExit(f"{policy}: every request failed, e.g. {first_errors[:1]}")
         hits = sum(after[k][0] - before[k][0] for k in after)
         queries = sum(after[k][1] - before[k][1] for k in after)
         results[policy] = {
@@ -187,6 +191,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "e2e_ms": summarize([r.e2e for r in ok]),
             "prefix_cache_hit_rate": round(hits / queries, 4) if queries else None,
             "per_replica_queries": {k: after[k][1] - before[k][1] for k in after},
+            "first_errors": first_errors,
         }
         progress.update(n + 1, f"{policy}: TTFT p50 {results[policy]['ttft_ms']['p50']} ms")
     progress.close()
@@ -259,9 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     result = asyncio.run(run(args))
-    command = "python -m benchmarks.routing " + shlex.join(
-        "$KEY" if a == args.key else a for a in argv
-    )
+    command = command_line("benchmarks.routing", argv, {args.key: "$KEY"})
     folder = results_dir(args.out, "routing")
     paths = write_report(
         folder,

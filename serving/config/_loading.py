@@ -88,6 +88,10 @@ def _set_path(target: dict[str, Any], path: list[str | int], value: Any, source:
             raise ConfigError(_format_loc(path), f"index out of range (from {source})")
         node[last] = value
     else:
+        if last == "policy" and node == default_node and node.get(last) != value:
+            # Switching a tagged union's variant (routing.policy=round_robin): the
+            # defaults of the old variant do not belong to the new one.
+            node.clear()
         node[last] = value
 
 
@@ -179,7 +183,11 @@ def load_config(
             raise ConfigError("", f"{file_path} must hold a mapping at the top level")
         raw = loaded
 
-    for name, value in sorted((env or {}).items()):
+    # A variant's discriminator first, so that its own fields land on the right variant.
+    def policy_first(item: tuple[str, Any]) -> tuple[bool, str]:
+        return (not item[0].lower().endswith("policy"), item[0])
+
+    for name, value in sorted((env or {}).items(), key=policy_first):
         if not name.startswith(ENV_PREFIX) or "__" not in name[len(ENV_PREFIX) :]:
             continue  # not a config variable (e.g. SEED_SERVE_HOME)
         dotted = ".".join(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
@@ -187,7 +195,7 @@ def load_config(
         _set_path(raw, parts, _parse_value(value), f"env {name}")
         sources[_format_loc(parts)] = f"env {name}"
 
-    for dotted, value in overrides:
+    for dotted, value in sorted(overrides, key=lambda item: not item[0].endswith(".policy")):
         parts = _split_path(dotted)
         parsed = _parse_value(value) if isinstance(value, str) else value
         _set_path(raw, parts, parsed, f"flag {dotted}")
