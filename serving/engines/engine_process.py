@@ -120,15 +120,24 @@ def _child_setup(cpus: list[int] | None) -> None:
 
 
 def spawn_engine(
-    argv: list[str], env: dict[str, str], log_path: Path, cpus: list[int] | None = None
+    argv: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    cpus: list[int] | None = None,
+    *,
+    grace_s: float = 15.0,
 ) -> subprocess.Popen[bytes]:
-    """Start the engine in its own process group, logging to ``log_path``."""
+    """Start the engine under its supervisor, in its own process group, logging
+    to ``log_path``. The supervisor dies with this process (parent-death signal)
+    and takes every process of the engine with it (serving.engines.supervisor)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    supervised = [sys.executable, "-m", "serving.engines.supervisor", "--grace", str(grace_s),
+                  "--parent", str(os.getpid()), "--", *argv]  # fmt: skip
     with open(log_path, "ab") as log:
         log.write(f"\n=== seed-serve: starting engine at {time.ctime()} ===\n".encode())
         log.flush()
         return subprocess.Popen(
-            argv,
+            supervised,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=log,
