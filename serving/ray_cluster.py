@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from serving.errors import StartupError
 
 _AUTH_MODE = "RAY_AUTH_MODE"
+logger = logging.getLogger("seed_serve.ray")
 
 
 def _token_available() -> bool:
@@ -40,8 +43,12 @@ def init_ray(
     num_cpus: int | None = None,
     num_gpus: int | None = None,
     log_to_driver: bool = True,
+    connect_timeout_s: float = 0.0,
 ) -> dict[str, Any]:
-    """Start a local Ray (``address`` None) or join one; return its address info."""
+    """Start a local Ray (``address`` None) or join one; return its address info.
+
+    Joining retries for ``connect_timeout_s`` (a Ray head starting alongside the
+    gateway, as in Kubernetes, is not an error yet), with a warning per attempt."""
     if address is not None:
         # Before Ray's first import: its config reads RAY_AUTH_MODE when loaded.
         use_token_auth_if_available()
@@ -56,9 +63,23 @@ def init_ray(
         kwargs.update(include_dashboard=False, num_cpus=num_cpus, num_gpus=num_gpus)
     else:
         kwargs["address"] = address
-    try:
-        context = ray.init(**kwargs)
-    except Exception as exc:
-        where = address or "a local Ray"
-        raise StartupError(f"could not start or join Ray ({where}): {exc}") from exc
-    return dict(context.address_info)  # type: ignore[attr-defined]
+    deadline = time.monotonic() + connect_timeout_s
+    delay = 1.0
+    while True:
+        try:
+            context = ray.init(**kwargs)
+            break
+        except Exception as exc:
+            where = address or "a local Ray"
+            if address is None or time.monotonic() + delay > deadline:
+                raise StartupError(f"could not start or join Ray ({where}): {exc}") from exc
+            logger.warning(
+                "Ray at %s is not reachable yet (%s); retrying in %gs", where, exc, delay
+            )
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+    # Ray Client (ray://) contexts carry no address_info: the address is all there is.
+    info = getattr(context, "address_info", None)
+    return dict(info) if info else {"address": address}

@@ -311,7 +311,11 @@ def run_up(config: ServingConfig) -> int:
 def run_gateway(config: ServingConfig) -> int:
     """Only the gateway, joining an existing Ray cluster (and sharing its controller)."""
     check_port_free(config.gateway.host, config.gateway.port)
-    init_ray(namespace=config.ray.namespace, address=config.ray.address or "auto")
+    init_ray(
+        namespace=config.ray.namespace,
+        address=config.ray.address or "auto",
+        connect_timeout_s=config.ray.connect_timeout_s,
+    )
     import ray
 
     try:

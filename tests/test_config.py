@@ -190,7 +190,10 @@ def test_reference_covers_every_config_section() -> None:
     ("overrides", "env"),
     [
         ([("routing.kv_weight", "0.5"), ("routing.policy", "least_loaded")], {}),
-        ([], {"SEED_SERVE_ROUTING__KV_WEIGHT": "0.5", "SEED_SERVE_ROUTING__POLICY": "least_loaded"}),
+        (
+            [],
+            {"SEED_SERVE_ROUTING__KV_WEIGHT": "0.5", "SEED_SERVE_ROUTING__POLICY": "least_loaded"},
+        ),
     ],
 )
 def test_switching_the_routing_policy_by_flag_or_env(
@@ -205,3 +208,32 @@ def test_switching_the_routing_policy_by_flag_or_env(
     # A field the new policy lacks is still an error, named.
     with pytest.raises(ConfigError, match="routing"):
         load_config(None, overrides=[("routing.policy", "round_robin"), ("routing.kv_weight", "1")])
+
+
+def test_joining_ray_retries_until_the_head_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In Kubernetes the gateway may start before the Ray head: it keeps trying."""
+    import types
+
+    import ray
+
+    from serving.errors import StartupError
+    from serving.ray_cluster import init_ray
+
+    attempts: list[dict[str, object]] = []
+
+    def flaky_init(**kwargs: object) -> object:
+        attempts.append(kwargs)
+        if len(attempts) < 3:
+            raise ConnectionError("head not up yet")
+        return types.SimpleNamespace(address_info={"address": "head:6379"})
+
+    monkeypatch.setattr(ray, "init", flaky_init)
+    monkeypatch.setattr("serving.ray_cluster.time.sleep", lambda _: None)
+    assert init_ray(namespace="n", address="head:6379", connect_timeout_s=60) == {
+        "address": "head:6379"
+    }
+    assert len(attempts) == 3 and attempts[0]["address"] == "head:6379"
+    attempts.clear()
+    with pytest.raises(StartupError, match="could not start or join Ray"):
+        init_ray(namespace="n", address="head:6379", connect_timeout_s=0)
+    assert len(attempts) == 1

@@ -249,6 +249,13 @@ class RayConfig(Strict):
         pattern=NAME_PATTERN,
         description="Ray namespace of the controller and replicas.",
     )
+    connect_timeout_s: float = Field(
+        default=300.0,
+        ge=0.0,
+        le=3600.0,
+        description="How long `seed-serve gateway` keeps trying to join ray.address (the head "
+        "may still be starting, e.g. in Kubernetes) before it gives up.",
+    )
     controller_name: str = Field(
         default="seed-serve-controller",
         pattern=NAME_PATTERN,

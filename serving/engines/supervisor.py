@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -23,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+
+_PR_SET_PDEATHSIG = 1
 
 
 def group_members(pgid: int, *, exclude: int | None = None) -> list[int]:
@@ -58,6 +61,12 @@ def terminate_group(pgid: int, grace_s: float) -> None:
             time.sleep(0.1)
 
 
+def _die_with_parent() -> None:
+    with contextlib.suppress(OSError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _reap() -> None:
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, os.WNOHANG)[0]:
@@ -74,7 +83,10 @@ def supervise(argv: list[str], grace_s: float) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     pgid = os.getpgrp()
-    child = subprocess.Popen(argv)  # same process group: the group is the engine
+    # Same process group (the group is the engine). Should this supervisor be
+    # killed outright (Ray SIGKILLs a dead worker's children), the server still
+    # hears of it and shuts its engine core down itself.
+    child = subprocess.Popen(argv, preexec_fn=_die_with_parent)
     code: int | None = None
     while code is None and not stop_requested:
         try:
