@@ -38,6 +38,7 @@ from benchmarks.quality.bugs import OPERATORS, Bug, inject, mutants
 from serving.config import SandboxConfig
 from serving.sandbox import Sandbox, run_pytest
 
+MAX_LOCALISED_LINES = 3
 STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert "]
 
 
@@ -148,7 +149,10 @@ class Runner:
                 "task_id": problem.task_id,
                 "operator": operator,
                 "bug_line": bug.line,
-                "localised": bug.line in _changed_lines(bug.source, fixed),
+                # Touches the bugged line, and not much else (a rewrite of the whole
+                # function also "touches" it, but locates nothing).
+                "localised": bug.line in (changed := _changed_lines(bug.source, fixed))
+                and len(changed) <= MAX_LOCALISED_LINES,
                 "fixed": passed,
             }
         return None
@@ -216,7 +220,7 @@ class Runner:
                 {
                     "model": self.args.model,
                     "code": problem.correct,
-                    "strength": "thorough",
+                    "strength": self.args.tests_strength,
                     "n_candidates": 1,
                     "temperature": 0.2,
                     "seed": 0,
@@ -365,6 +369,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scenarios", default="completion,repair,tests")
     parser.add_argument("--limit", type=int, default=None, help="first N problems only")
     parser.add_argument("--repair-candidates", type=int, default=2)
+    parser.add_argument(
+        "--tests-strength",
+        choices=["light", "thorough"],
+        default="thorough",
+        help="light: fewer, shorter tests (quicker on CPU)",
+    )
     parser.add_argument("--request-timeout-s", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)

@@ -121,15 +121,18 @@ async def replay(
             f.path: rng.randint(args.prefix_chars, max(args.prefix_chars, len(f.text) // 2))
             for f in mine
         }
+        anchors = {path: max(0, c - args.prefix_chars) for path, c in cursors.items()}
         while time.monotonic() < deadline:
             source = mine[0] if rng.random() < 0.7 else rng.choice(mine)  # mostly one file
             cursor = cursors[source.path] = min(
                 len(source.text) - 1, cursors[source.path] + rng.randint(5, 80)
             )
             cursor = source.text.rfind("\n", 0, cursor) + 1 or cursor
+            # The prefix starts where the session started (an editor sends the file
+            # from a stable point), so successive requests share it and grow it.
             prompt = FimPrompt(
                 document=f"dev{index}/{source.path}",
-                prefix=source.text[max(0, cursor - args.prefix_chars) : cursor],
+                prefix=source.text[anchors[source.path] : cursor],
                 suffix=source.text[cursor : cursor + 600],
                 max_tokens=args.max_tokens,
             )
