@@ -50,3 +50,24 @@ def md_table(headers: list[str], rows: list[list[Any]]) -> str:
 def command_line(module: str, argv: list[str], secrets: dict[str | None, str]) -> str:
     """The command that produced a result, keys replaced by placeholders (results are shared)."""
     return f"python -m {module} " + shlex.join(secrets.get(arg, arg) for arg in argv)
+
+
+def publish(
+    module: str,
+    name: str,
+    argv: list[str],
+    secrets: dict[str | None, str],
+    out: Path | None,
+    result: dict[str, Any],
+    markdown: str,
+    machine: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``result`` with the machine and the (key-masked) command, print the
+    Markdown, and return the results folder."""
+    from benchmarks.common.machine import machine_info
+
+    folder = results_dir(out, name.split("-")[0])
+    record = {"machine": machine or machine_info(), "command": command_line(module, argv, secrets)}
+    paths = write_report(folder, name, {**record, **result}, markdown)
+    print(paths["markdown"].read_text())
+    return folder

@@ -9,8 +9,10 @@ for servers without them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -135,7 +137,7 @@ class Target:
     async def _stream(
         self, path: str, body: dict[str, Any], headers: dict[str, str], record: RequestRecord
     ) -> None:
-        try:
+        with _recording(record):
             async with self.session.post(
                 self.base_url + path, json=body, headers=headers, timeout=self.timeout
             ) as response:
@@ -162,16 +164,9 @@ class Target:
                         record.output_tokens += 1
                 if usage_tokens is not None:
                     record.output_tokens = int(usage_tokens)
-        except asyncio.CancelledError:
-            record.cancelled = True
-            raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            record.error = f"{type(exc).__name__}: {exc}"[:300]
-        finally:
-            record.ended = time.monotonic()
 
     async def _plain(self, path: str, body: dict[str, Any], record: RequestRecord) -> None:
-        try:
+        with _recording(record):
             async with self.session.post(
                 self.base_url + path, json=body, headers=self.headers, timeout=self.timeout
             ) as response:
@@ -181,13 +176,20 @@ class Target:
                     record.error = str(payload)[:300]
                     return
                 record.output_tokens = int(payload.get("usage", {}).get("completion_tokens", 0))
-        except asyncio.CancelledError:
-            record.cancelled = True
-            raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            record.error = f"{type(exc).__name__}: {exc}"[:300]
-        finally:
-            record.ended = time.monotonic()
+
+
+@contextlib.contextmanager
+def _recording(record: RequestRecord) -> Iterator[None]:
+    """Notes how a request ended: cancelled (the developer typed on), failed, or done."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        record.cancelled = True
+        raise
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        record.error = f"{type(exc).__name__}: {exc}"[:300]
+    finally:
+        record.ended = time.monotonic()
 
 
 def _has_text(chunk: dict[str, Any]) -> bool:

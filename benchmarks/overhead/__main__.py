@@ -29,8 +29,9 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.common import Progress, machine_info, summarize, write_report
-from benchmarks.common.report import command_line, md_table, results_dir
+from benchmarks.common import Progress, machine_info, summarize
+from benchmarks.common.http import wait_until_up
+from benchmarks.common.report import md_table, publish
 from benchmarks.common.stats import percentile
 from benchmarks.load.workload import default_source_tree, load_corpus
 
@@ -260,20 +261,6 @@ def _start(module: str, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
-async def _wait_up(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(url) as response:
-                    if response.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise SystemExit(f"{url} did not come up")
-
-
 async def open_loop(
     session: aiohttp.ClientSession, url: str, rate: float, seconds: float, body: dict[str, Any]
 ) -> tuple[list[float], int, float]:
@@ -340,8 +327,8 @@ async def capacity_run(args: argparse.Namespace) -> dict[str, Any]:
     )
     levels: list[dict[str, Any]] = []
     try:
-        await _wait_up(f"http://127.0.0.1:{upstream_port}/health")
-        await _wait_up(f"http://127.0.0.1:{gateway_port}/ready")
+        await wait_until_up(f"http://127.0.0.1:{upstream_port}/health")
+        await wait_until_up(f"http://127.0.0.1:{gateway_port}/ready")
         body = {
             "model": "instant",
             "prompt": "def f(x):",
@@ -499,23 +486,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    command = command_line(
-        "benchmarks.overhead",
-        argv,
-        {getattr(args, "key", None): "$KEY", getattr(args, "direct_token", None): "$ENGINE_TOKEN"},
-    )
-    folder = results_dir(args.out, "overhead")
     machine = machine_info()  # before the capacity run pins this process to one CPU
     if args.mode == "engine":
         result = asyncio.run(engine_run(args))
-        text = engine_markdown(result)
-        name = "overhead-engine"
+        text, name = engine_markdown(result), "overhead-engine"
     else:
         result = asyncio.run(capacity_run(args))
-        text = capacity_markdown(result)
-        name = "overhead-capacity"
-    paths = write_report(folder, name, {"machine": machine, "command": command, **result}, text)
-    print(paths["markdown"].read_text())
+        text, name = capacity_markdown(result), "overhead-capacity"
+    secrets = {
+        getattr(args, "key", None): "$KEY",
+        getattr(args, "direct_token", None): "$ENGINE_TOKEN",
+    }
+    publish("benchmarks.overhead", name, argv, secrets, args.out, result, text, machine)
     return 0
 
 

@@ -32,8 +32,8 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.common import Progress, machine_info, write_report
-from benchmarks.common.report import command_line, md_table, results_dir
+from benchmarks.common import Progress
+from benchmarks.common.report import md_table, publish
 from benchmarks.quality.bugs import OPERATORS, Bug, inject, mutants
 from serving.config import SandboxConfig
 from serving.sandbox import Sandbox, run_pytest
@@ -389,15 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     result = asyncio.run(run(args))
-    command = command_line("benchmarks.quality", argv, {args.key: "$KEY"})
-    folder = results_dir(args.out, "quality")
-    paths = write_report(
-        folder,
+    publish(
+        "benchmarks.quality",
         "quality",
-        {"machine": machine_info(), "command": command, **result},
+        argv,
+        {args.key: "$KEY"},
+        args.out,
+        result,
         markdown(result, args),
     )
-    print(paths["markdown"].read_text())
     return 0
 
 

@@ -26,8 +26,9 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks.common import Progress, machine_info, summarize, write_report
-from benchmarks.common.report import command_line, md_table, results_dir
+from benchmarks.common import Progress, summarize
+from benchmarks.common.http import wait_until_up
+from benchmarks.common.report import md_table, publish, results_dir
 from benchmarks.load.client import RequestRecord, Target
 from benchmarks.load.workload import FimPrompt, SourceFile, default_source_tree, load_corpus
 from serving.paths import run_state_file
@@ -86,22 +87,6 @@ def start_gateway(
         stderr=subprocess.STDOUT,
         env={**os.environ, "SEED_SERVE_AUTH__DEMO_KEY_FILE": ""},
     )
-
-
-async def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise SystemExit(f"the {url} gateway exited ({process.returncode})")
-            try:
-                async with session.get(url + "/ready") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.5)
-    raise SystemExit(f"{url} was not ready in {timeout_s}s")
 
 
 async def replay(
@@ -172,7 +157,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         port = args.port + n
         process = start_gateway(policy, port, state, folder / f"gateway-{policy}.log")
         try:
-            await wait_ready(f"http://127.0.0.1:{port}", process)
+            await wait_until_up(
+                f"http://127.0.0.1:{port}/ready", ok=201, timeout_s=180, process=process
+            )
             before = engine_counters(replicas)
             files = corpus[n * share : (n + 1) * share]
             records = await replay(args, f"http://127.0.0.1:{port}", files, args.seed + n)
@@ -267,15 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     result = asyncio.run(run(args))
-    command = command_line("benchmarks.routing", argv, {args.key: "$KEY"})
-    folder = results_dir(args.out, "routing")
-    paths = write_report(
-        folder,
+    publish(
+        "benchmarks.routing",
         "routing",
-        {"machine": machine_info(), "command": command, **result},
+        argv,
+        {args.key: "$KEY"},
+        args.out,
+        result,
         markdown(result, args),
     )
-    print(paths["markdown"].read_text())
     return 0
 
 
