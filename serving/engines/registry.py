@@ -120,7 +120,9 @@ class ReplicaRegistry:
                 logger.debug("could not report load: %s", exc)
         for model in {r.model for r in replicas if r.ready} - set(self._counters):
             try:
-                self._counters[model] = TokenCounter(await self.source.tokenizer_json(model))
+                tokenizer = await self.source.tokenizer_json(model)
+                # Parsing a multi-MB tokenizer.json takes 100+ ms: not on the event loop.
+                self._counters[model] = await asyncio.to_thread(TokenCounter, tokenizer)
             except Exception as exc:
                 logger.warning("no tokenizer for %s yet: %s", model, exc)
 

@@ -133,10 +133,15 @@ class _HashRing:
         return min(free, key=lambda r: (load(r), r.replica_id))
 
 
-class PrefixAffinityRouter:
-    def __init__(self, config: PrefixAffinityRouting) -> None:
+class _KeyedRingRouter:
+    """Consistent hashing on one key of the request (round-robin without it)."""
+
+    def __init__(self, config: PrefixAffinityRouting | SessionRouting) -> None:
         self.ring = _HashRing(config.virtual_nodes, config.load_bound)
         self.fallback = RoundRobinRouter()
+
+    def key(self, request: RouteRequest) -> str | None:
+        raise NotImplementedError
 
     def pick(
         self,
@@ -145,26 +150,20 @@ class PrefixAffinityRouter:
         ready: Sequence[ReplicaInfo],
         load: LoadFn,
     ) -> ReplicaInfo:
-        if not request.affinity:
+        key = self.key(request)
+        if not key:
             return self.fallback.pick(request, free, ready, load)
-        return self.ring.pick(request.affinity, free, ready, load)
+        return self.ring.pick(key, free, ready, load)
 
 
-class SessionRouter:
-    def __init__(self, config: SessionRouting) -> None:
-        self.ring = _HashRing(config.virtual_nodes, config.load_bound)
-        self.fallback = RoundRobinRouter()
+class PrefixAffinityRouter(_KeyedRingRouter):
+    def key(self, request: RouteRequest) -> str | None:
+        return request.affinity
 
-    def pick(
-        self,
-        request: RouteRequest,
-        free: Sequence[ReplicaInfo],
-        ready: Sequence[ReplicaInfo],
-        load: LoadFn,
-    ) -> ReplicaInfo:
-        if not request.session:
-            return self.fallback.pick(request, free, ready, load)
-        return self.ring.pick(request.session, free, ready, load)
+
+class SessionRouter(_KeyedRingRouter):
+    def key(self, request: RouteRequest) -> str | None:
+        return request.session
 
 
 def build_router(config: RoutingConfig) -> Router:
