@@ -26,7 +26,8 @@ from serving.engines.types import ReplicaInfo, ReplicaState
 
 logger = logging.getLogger("seed_serve.controller")
 
-_INFO_TIMEOUT_S = 10.0
+# On top of the replica's own health check (bounded by health.timeout_s).
+_INFO_MARGIN_S = 10.0
 _LOAD_REPORT_TTL_S = 10.0
 
 
@@ -177,7 +178,9 @@ class ReplicaController:
         if slot.handle is None or (slot.waiting and not slot.waiting.done()):
             return  # being placed or booting: its start-up task will report
         try:
-            data = await asyncio.wait_for(slot.handle.info.remote(), _INFO_TIMEOUT_S)
+            data = await asyncio.wait_for(
+                slot.handle.info.remote(), self.config.health.timeout_s + _INFO_MARGIN_S
+            )
         except asyncio.TimeoutError:
             if slot.info.state is ReplicaState.READY:
                 slot.info.state = ReplicaState.UNHEALTHY
