@@ -226,7 +226,7 @@ def _keys(args: argparse.Namespace) -> int:
             except ValueError:
                 raise ConfigError("--expires", f"{args.expires!r} is not a date") from None
             if expires.tzinfo is None:
-                expires = expires.replace(tzinfo=dt.timezone.utc)
+                expires = expires.replace(tzinfo=dt.UTC)
         limits = {
             name: getattr(args, name)
             for name in (
@@ -252,7 +252,7 @@ def _keys(args: argparse.Namespace) -> int:
     if args.keys_command == "list":
         keys = load_keys_file(path)
         print(f"{'ID':12}  {'TENANT':16}  {'NAME':24}  {'ROLE':5}  {'STATE':8}  EXPIRES")
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         for record in keys.keys:
             state = (
                 "revoked" if record.revoked else ("expired" if record.expired(now) else "active")

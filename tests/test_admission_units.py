@@ -55,7 +55,7 @@ def test_wrong_revoked_and_expired_keys_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "keys.yaml"
     record, secret = create_key(path, tenant="t", name="a")
     _, expired = create_key(
-        path, tenant="t", name="b", expires=dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+        path, tenant="t", name="b", expires=dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
     )
     store = KeyStore(load_keys_file(path))
     assert store.authenticate(secret) is not None

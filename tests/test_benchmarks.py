@@ -197,6 +197,15 @@ def test_gateway_capacity_benchmark(tmp_path: Path) -> None:
     # No wall-clock threshold here (shared machine): the figure is the benchmark's to report.
     within = [lvl["gateway_rps"] for lvl in data["levels"] if lvl["within_slo"]]
     assert data["sustained_rps_per_core"] == (max(within) if within else 0.0)
+    # The gateway ran on the quieter CPU, and its CPU time per request was measured.
+    noise = {int(cpu): n for cpu, n in data["cpu_noise"].items()}
+    assert set(noise) == set(os.sched_getaffinity(0))
+    assert noise[data["gateway_cpu"]]["lost_ms_per_s"] == min(
+        n["lost_ms_per_s"] for n in noise.values()
+    )
+    cpu_ms = [lvl["gateway_cpu_ms_per_request"] for lvl in data["levels"]]
+    assert all(ms > 0 for ms in cpu_ms)
+    assert data["cpu_bound_rps_per_core"] in {round(1000 / ms) for ms in cpu_ms}
 
 
 def test_overhead_against_one_engine(demo_stack: SeedServeProcess, tmp_path: Path) -> None:

@@ -57,6 +57,57 @@ def _commit() -> str | None:
     return out.stdout.strip() or None
 
 
+_NOISE_PROBE = """
+import os, sys, time
+os.sched_setaffinity(0, {int(sys.argv[1])})
+end = time.perf_counter() + float(sys.argv[2])
+last, gaps = time.perf_counter(), []
+while last < end:
+    now = time.perf_counter()
+    if now - last > 0.002:
+        gaps.append(now - last)
+    last = now
+print(len(gaps), max(gaps, default=0.0), sum(gaps))
+"""
+
+
+def core_noise(cpus: list[int], seconds: float = 3.0) -> dict[int, dict[str, float]]:
+    """How often each CPU is taken away from a busy process (interrupts, the
+    hypervisor): a spinning probe per CPU, all at once, counts its gaps over
+    2 ms. On small VMs one vCPU can be far noisier than another, and a
+    latency figure measured there says more about the VM than the code."""
+    import sys
+
+    probes = {
+        cpu: subprocess.Popen(
+            [sys.executable, "-c", _NOISE_PROBE, str(cpu), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for cpu in cpus
+    }
+    noise: dict[int, dict[str, float]] = {}
+    for cpu, probe in probes.items():
+        out, _ = probe.communicate(timeout=seconds + 30)
+        count, longest, total = out.split()
+        noise[cpu] = {
+            "gaps_over_2ms": int(count),
+            "longest_gap_ms": round(float(longest) * 1000, 1),
+            "lost_ms_per_s": round(float(total) * 1000 / seconds, 2),
+        }
+    return noise
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def quietest_cpu(noise: dict[int, dict[str, float]]) -> int:
+    return min(noise, key=lambda cpu: (noise[cpu]["lost_ms_per_s"], noise[cpu]["longest_gap_ms"]))
+
+
 def machine_info() -> dict[str, Any]:
     from serving import __version__
 

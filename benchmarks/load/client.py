@@ -186,7 +186,7 @@ def _recording(record: RequestRecord) -> Iterator[None]:
     except asyncio.CancelledError:
         record.cancelled = True
         raise
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
         record.error = f"{type(exc).__name__}: {exc}"[:300]
     finally:
         record.ended = time.monotonic()

@@ -31,11 +31,13 @@ import aiohttp
 
 from benchmarks.common import Progress, machine_info, summarize
 from benchmarks.common.http import wait_until_up
+from benchmarks.common.machine import core_noise, process_cpu_seconds, quietest_cpu
 from benchmarks.common.report import md_table, publish
 from benchmarks.common.stats import percentile
 from benchmarks.load.workload import default_source_tree, load_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
+_WARM_UP_S = 1.0
 
 
 @dataclass
@@ -304,7 +306,11 @@ async def capacity_run(args: argparse.Namespace) -> dict[str, Any]:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         raise SystemExit("capacity needs two CPUs: one for the gateway, one for the load")
-    gateway_cpu, load_cpus = cpus[0], cpus[1:]
+    # The gateway gets the quietest CPU: on small VMs one vCPU loses tens of
+    # ms at a time to interrupts, which would be measured as gateway latency.
+    noise = core_noise(cpus)
+    gateway_cpu = quietest_cpu(noise)
+    load_cpus = [cpu for cpu in cpus if cpu != gateway_cpu]
     os.sched_setaffinity(0, set(load_cpus))
     upstream_port, gateway_port = args.port + 1, args.port
     upstream = _start(
@@ -342,12 +348,18 @@ async def capacity_run(args: argparse.Namespace) -> dict[str, Any]:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             await open_loop(session, gateway_url, 50, 2, body)  # warm-up
             for i, rate in enumerate(rates):
+                # Unrecorded warm-up at each level's rate: connections for its
+                # concurrency are opened here, not counted as latency.
+                await open_loop(session, direct_url, rate, _WARM_UP_S, body)
                 direct, direct_errors, direct_rate = await open_loop(
                     session, direct_url, rate, args.seconds, body
                 )
+                await open_loop(session, gateway_url, rate, _WARM_UP_S, body)
+                cpu_before = process_cpu_seconds(gateway.pid)
                 through, errors, achieved = await open_loop(
                     session, gateway_url, rate, args.seconds, body
                 )
+                gateway_cpu_s = process_cpu_seconds(gateway.pid) - cpu_before
                 p99_direct = percentile(direct, 99) or 0.0
                 p99_gateway = percentile(through, 99) or 0.0
                 level = {
@@ -362,6 +374,11 @@ async def capacity_run(args: argparse.Namespace) -> dict[str, Any]:
                         ((percentile(through, 50) or 0) - (percentile(direct, 50) or 0)) * 1000, 3
                     ),
                     "added_p99_ms": round((p99_gateway - p99_direct) * 1000, 3),
+                    # Less noisy than latency on a shared machine: the gateway's
+                    # own CPU time per answered request at this rate.
+                    "gateway_cpu_ms_per_request": round(
+                        gateway_cpu_s * 1000 / max(1, len(through) + errors), 3
+                    ),
                     # The load generator itself kept up (else the figure says nothing of the gateway).
                     "load_generator_kept_up": direct_rate >= 0.95 * rate,
                 }
@@ -386,16 +403,30 @@ async def capacity_run(args: argparse.Namespace) -> dict[str, Any]:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+    clean = [
+        lvl
+        for lvl in levels
+        if lvl["gateway_errors"] == 0
+        and lvl["gateway_cpu_ms_per_request"] > 0
+        and lvl["gateway_rps"] >= 0.95 * lvl["offered_rps"]
+    ]
     sustained: list[float] = [float(lvl["gateway_rps"]) for lvl in levels if lvl["within_slo"]]
     limited_by_load = any(not lvl["load_generator_kept_up"] for lvl in levels)
     return {
         "gateway_cpus": 1,
+        "gateway_cpu": gateway_cpu,
+        "cpu_noise": noise,
         "load_cpus": len(load_cpus),
         "stream": not args.no_stream,
         "tokens_per_response": args.tokens,
         "slo_added_p99_ms": args.slo_added_p99_ms,
         "levels": levels,
         "sustained_rps_per_core": max(sustained) if sustained else 0.0,
+        # What one core could answer if the gateway's CPU were the only limit:
+        # from its CPU time per request at the busiest rate it served cleanly.
+        "cpu_bound_rps_per_core": round(1000 / clean[-1]["gateway_cpu_ms_per_request"])
+        if clean
+        else None,
         "limited_by_load_generator": limited_by_load,
     }
 
@@ -411,6 +442,7 @@ def capacity_markdown(result: dict[str, Any]) -> str:
             lvl["added_p50_ms"],
             lvl["added_p99_ms"],
             lvl["gateway_errors"],
+            lvl["gateway_cpu_ms_per_request"],
             "yes" if lvl["within_slo"] else "no",
         ]
         for lvl in result["levels"]
@@ -422,9 +454,15 @@ def capacity_markdown(result: dict[str, Any]) -> str:
         else ""
     )
     return (
-        f"Gateway pinned to 1 core; load generator and instant upstream (benchmark instrument) "
-        f"on {result['load_cpus']}. Streamed: {result['stream']}, {result['tokens_per_response']} "
-        f"tokens per response.\n\n"
+        f"Gateway pinned to 1 core (CPU {result['gateway_cpu']}, the quietest); load generator "
+        f"and instant upstream (benchmark instrument) on {result['load_cpus']}. Streamed: "
+        f"{result['stream']}, {result['tokens_per_response']} tokens per response. CPU noise "
+        f"(time a spinning process lost per second): "
+        + ", ".join(
+            f"CPU {cpu}: {n['lost_ms_per_s']} ms/s, longest gap {n['longest_gap_ms']} ms"
+            for cpu, n in result["cpu_noise"].items()
+        )
+        + ".\n\n"
         + md_table(
             [
                 "offered req/s",
@@ -435,11 +473,18 @@ def capacity_markdown(result: dict[str, Any]) -> str:
                 "added p50 ms",
                 "added p99 ms",
                 "errors",
+                "gateway CPU ms/request",
                 f"added p99 <= {result['slo_added_p99_ms']} ms",
             ],
             rows,
         )
         + f"\n**Sustained: {result['sustained_rps_per_core']} requests/s per gateway core.**\n"
+        + (
+            f"\nCPU-bound ceiling: {result['cpu_bound_rps_per_core']} requests/s per core "
+            "(1000 / the gateway's CPU ms per request at the busiest rate it served cleanly).\n"
+            if result["cpu_bound_rps_per_core"]
+            else ""
+        )
         + note
     )
 

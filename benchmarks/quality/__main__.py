@@ -277,7 +277,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             results[scenario].append(entry)
                     elif scenario == "tests":
                         results[scenario].append(await runner.tests(problem, rng))
-                except (RuntimeError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, RuntimeError, aiohttp.ClientError) as exc:
                     errors.append(f"{problem.task_id} {scenario}: {exc}")
                 done += 1
                 progress.update(done, f"{problem.task_id}")

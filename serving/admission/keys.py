@@ -141,7 +141,7 @@ def create_key(
         tenant=tenant,
         name=name,
         role=role,
-        created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0),
+        created=dt.datetime.now(dt.UTC).replace(microsecond=0),
         expires=expires,
         **(limits or {}),
     )
@@ -178,7 +178,7 @@ class KeyStore:
         valid = hmac.compare_digest(digest(presented), expected)
         if record is None or not valid or record.revoked:
             return None
-        if record.expired(now or dt.datetime.now(dt.timezone.utc)):
+        if record.expired(now or dt.datetime.now(dt.UTC)):
             return None
         tenant = self.file.tenants.get(record.tenant, TenantRecord())
         return Principal(key=record, tenant_name=record.tenant, tenant=tenant)

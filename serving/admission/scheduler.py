@@ -269,7 +269,7 @@ class AdmissionScheduler:
         self._dispatch(ticket.model)
         try:
             await asyncio.wait_for(asyncio.shield(ticket.future), self.config.queue_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._remove(ticket)
             self.metrics.rejections.labels(reason="backpressure").inc()
             raise ServiceUnavailableError(

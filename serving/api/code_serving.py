@@ -6,7 +6,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from serving.admission.context import RequestContext
 from serving.api.code_protocol import (
@@ -20,6 +20,7 @@ from serving.api.code_protocol import (
     TestFailureInfo,
     Usage,
 )
+from serving.api.disconnect import EventStreamResponse
 from serving.api.serving import resolve_model
 from serving.api.sse import DONE, guarded_stream, sse_event
 from serving.config import TasksConfig
@@ -177,11 +178,7 @@ class CodeServing:
             yield sse_event(final)
             yield DONE
 
-        return StreamingResponse(
-            guarded_stream(events()),
-            media_type="text/event-stream",
-            headers={**headers, **_STREAM_HEADERS},
-        )
+        return EventStreamResponse(guarded_stream(events()), headers={**headers, **_STREAM_HEADERS})
 
     # ------------------------------------------------------------------ repair
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -91,7 +91,7 @@ class GatewayMiddleware:
             header_bytes += len(name) + len(value)
             if name == b"x-request-id" and _VALID_REQUEST_ID.match(value):
                 request_id = value.decode()
-        request_id = request_id or uuid.uuid4().hex
+        request_id = request_id or os.urandom(16).hex()  # as unique as uuid4, cheaper
         path = scope["path"]
         task, lane = ROUTE_TASKS.get(path, ("other", "completion"))
         peer = (scope.get("client") or ("unknown", 0))[0]
@@ -211,7 +211,8 @@ class GatewayMiddleware:
             logger.exception("quota accounting failed for %s", ctx.request_id)
         self._observe(ctx)
         self._log(ctx)
-        self.audit.write(self._audit_record(ctx))
+        if self.audit.enabled:
+            self.audit.write(self._audit_record(ctx))
         if self.audit.write_errors:
             self.metrics.audit_write_errors.inc(self.audit.write_errors)
             self.audit.write_errors = 0

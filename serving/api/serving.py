@@ -8,7 +8,6 @@ prefix alone) and trims the answer against the suffix.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -17,11 +16,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
 from serving.admission.context import RequestContext
 from serving.admission.quotas import Quotas
 from serving.admission.scheduler import Superseded
+from serving.api.disconnect import EventStreamResponse
 from serving.api.errors import sse_error_event
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.api.sse import DONE, guarded_stream, sse_event
@@ -288,11 +288,7 @@ class OpenAIServing:
                 )
             yield DONE
 
-        return StreamingResponse(
-            guarded_stream(events()),
-            media_type="text/event-stream",
-            headers={**headers, **_STREAM_HEADERS},
-        )
+        return EventStreamResponse(guarded_stream(events()), headers={**headers, **_STREAM_HEADERS})
 
     # ------------------------------------------------------------------ relay
 
@@ -316,9 +312,8 @@ class OpenAIServing:
             raw = call.body or b""
             _note_usage(ctx, raw)
             return Response(raw, media_type="application/json", headers=headers)
-        return StreamingResponse(
+        return EventStreamResponse(
             _relay(call, ctx, keep_usage=client_wants_usage),
-            media_type="text/event-stream",
             headers={**headers, **_STREAM_HEADERS},
         )
 
@@ -385,7 +380,7 @@ async def _relay(
                 yield ready
         if buffer:
             yield buffer
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         if call.cancel_reason == "superseded":
             ctx.outcome = "superseded"
             error: APIError = Superseded()

@@ -100,7 +100,7 @@ class ReplicaController:
         pg = placement_group(plan.bundles, strategy=plan.strategy)
         try:
             await asyncio.wait_for(pg.ready(), group.placement_timeout_s)
-        except (asyncio.TimeoutError, Exception) as exc:
+        except (TimeoutError, Exception) as exc:
             with contextlib.suppress(Exception):
                 remove_placement_group(pg)
             slot.info.state = ReplicaState.FAILED
@@ -181,7 +181,7 @@ class ReplicaController:
             data = await asyncio.wait_for(
                 slot.handle.info.remote(), self.config.health.timeout_s + _INFO_MARGIN_S
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if slot.info.state is ReplicaState.READY:
                 slot.info.state = ReplicaState.UNHEALTHY
                 slot.info.message = "replica actor did not answer its health check"

@@ -176,7 +176,7 @@ class Dispatcher:
         replica = lease.replica
         try:
             upstream = await self.client.post(replica, path, body, stream=stream)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise _ReplicaFailed(exc or type(exc).__name__) from exc
         if upstream.status != 200:
             try:
@@ -197,7 +197,7 @@ class Dispatcher:
                     raise _ReplicaFailed("the stream ended before its first token")
             else:
                 call.body = await self._read_while_healthy(upstream, replica)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             upstream.close()
             raise _ReplicaFailed(exc or type(exc).__name__) from exc
         except BaseException:

@@ -113,7 +113,7 @@ class ReplicaActor:
         try:
             async with self._client().get(self.url + "/health") as response:
                 return response.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False
 
     async def _check_fim_tokens(self) -> str:
@@ -168,7 +168,7 @@ class ReplicaActor:
                 self.url + "/v1/chat/completions", json=body
             ) as response:
                 return response.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False
 
     def _exited(self) -> bool:
@@ -221,7 +221,7 @@ class ReplicaActor:
                     return False
                 self.stats = parse_engine_metrics(await response.text())
                 return True
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False
 
     async def info(self) -> dict[str, Any]:

@@ -144,7 +144,7 @@ class EngineStatsPoller:
                         text = await response.text()
                         self.stats[replica_id] = parse_engine_metrics(text)
                         self.raw[replica_id] = text
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 logger.debug("no stats from %s: %s", replica_id, exc)
 
         await asyncio.gather(*(one(r.url, r.token, r.replica_id) for r in ready))

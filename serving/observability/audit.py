@@ -55,6 +55,11 @@ class AuditLog:
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
         self._open()
 
+    @property
+    def enabled(self) -> bool:
+        """Whether lines go anywhere (else callers need not build them)."""
+        return self._fd is not None or self.config.stdout
+
     def text_field(self, text: str | None) -> str | None:
         """What the log keeps of a prompt or completion."""
         if text is None or self.config.prompts == "off":

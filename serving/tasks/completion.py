@@ -4,7 +4,6 @@ as soon as the suggestion is complete (no GPU time spent on text we drop)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,7 +91,7 @@ class CompletionRun:
                         yield ChoiceDelta(index, text, reason)
                 if len(self.finish_reasons) == self.n:
                     break  # every suggestion is complete: stop generating
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             if self.call.cancel_reason == "superseded":
                 raise Superseded() from None
             raise UpstreamError(
