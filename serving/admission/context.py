@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serving.admission.keys import Principal
+from serving.config import LimitsConfig
 
 # Routes -> task and lane (the admission queue's priority class).
 ROUTE_TASKS: dict[str, tuple[str, str]] = {
@@ -48,6 +49,7 @@ class RequestContext:
     completion_text: str | None = None
     response_id: str | None = None  # the answer's id (suggestion events refer to it)
     language: str | None = None
+    caps: LimitsConfig | None = None  # the key's per-request caps, looked up once
     audit_extra: dict[str, Any] = field(default_factory=dict)
     on_finish: list[Callable[[RequestContext], None]] = field(default_factory=list)
 

@@ -268,7 +268,10 @@ class AdmissionScheduler:
         self._push(ticket)
         self._dispatch(ticket.model)
         try:
-            await asyncio.wait_for(asyncio.shield(ticket.future), self.config.queue_timeout_s)
+            if not ticket.future.done():  # else it got a slot at once: no timer needed
+                async with asyncio.timeout(self.config.queue_timeout_s):
+                    await asyncio.shield(ticket.future)
+            ticket.future.result()
         except TimeoutError:
             self._remove(ticket)
             self.metrics.rejections.labels(reason="backpressure").inc()

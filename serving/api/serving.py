@@ -34,6 +34,7 @@ from serving.tasks.completion import CodeCompleter, CompletionRun
 logger = logging.getLogger("seed_serve.serving")
 
 _DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+_NO_CAPS = LimitsConfig()  # no key (auth off): no per-request caps
 _STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -106,7 +107,9 @@ class OpenAIServing:
 
     def caps(self, ctx: RequestContext) -> LimitsConfig:
         """The per-request caps of the caller's key and tenant."""
-        return self.quotas.request_caps(ctx.principal) if ctx.principal else LimitsConfig()
+        if ctx.caps is None:
+            ctx.caps = self.quotas.request_caps(ctx.principal) if ctx.principal else _NO_CAPS
+        return ctx.caps
 
     def _check_n(self, n: int, ctx: RequestContext) -> None:
         limit = min(self.config.max_n, self.caps(ctx).max_n or self.config.max_n)

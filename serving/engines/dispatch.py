@@ -190,9 +190,8 @@ class Dispatcher:
         lease.ticket.on_cancel = call.cancel
         try:
             if stream:
-                call.first = await asyncio.wait_for(
-                    upstream.content.readany(), self.timeouts.first_token_s
-                )
+                async with asyncio.timeout(self.timeouts.first_token_s):  # no extra task
+                    call.first = await upstream.content.readany()
                 if not call.first:
                     raise _ReplicaFailed("the stream ended before its first token")
             else:

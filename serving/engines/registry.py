@@ -177,29 +177,27 @@ class ReplicaRegistry:
                 self._suspects[replica_id] = (replica.url, time.monotonic() + seconds)
 
     def models(self) -> list[ModelStatus]:
-        statuses = []
         by_model = itertools.groupby(
             sorted(self._replicas, key=lambda r: r.model), key=lambda r: r.model
         )
-        for name, group in by_model:
-            replicas = list(group)
-            ready = [r for r in replicas if self._usable(r)]
-            lens = [r.max_model_len for r in ready if r.max_model_len]
-            statuses.append(
-                ModelStatus(
-                    name=name,
-                    max_model_len=min(lens) if lens else None,
-                    has_chat_template=any(r.has_chat_template for r in ready),
-                    fim_template=replicas[0].fim_template,
-                    replicas_ready=len(ready),
-                    replicas_total=len(replicas),
-                )
-            )
-        return statuses
+        return [self._status(name, list(group)) for name, group in by_model]
+
+    def _status(self, name: str, replicas: list[ReplicaInfo]) -> ModelStatus:
+        ready = [r for r in replicas if self._usable(r)]
+        lens = [r.max_model_len for r in ready if r.max_model_len]
+        return ModelStatus(
+            name=name,
+            max_model_len=min(lens) if lens else None,
+            has_chat_template=any(r.has_chat_template for r in ready),
+            fim_template=replicas[0].fim_template,
+            replicas_ready=len(ready),
+            replicas_total=len(replicas),
+        )
 
     def token_counter(self, model: str) -> TokenCounter:
         """The model's tokenizer (byte counts until it has been fetched)."""
         return self._counters.get(model) or _BYTE_COUNTER
 
     def model(self, name: str) -> ModelStatus | None:
-        return next((m for m in self.models() if m.name == name), None)
+        replicas = [r for r in self._replicas if r.model == name]  # on every request: no sort
+        return self._status(name, replicas) if replicas else None
