@@ -226,25 +226,20 @@ class GatewayMiddleware:
             self.metrics.rejections.labels(reason="invalid").inc()
         model = ctx.model or "unknown"
         ended = time.monotonic()
-        self.metrics.requests.labels(task=ctx.task, model=model, status=str(ctx.status)).inc()
-        self.metrics.request_duration.labels(task=ctx.task, model=model).observe(
-            ended - ctx.started
-        )
+        m = self.metrics
+        m.labelled(m.requests, ctx.task, model, str(ctx.status)).inc()
+        m.labelled(m.request_duration, ctx.task, model).observe(ended - ctx.started)
         if ctx.first_token is not None and ctx.status == 200 and ctx.outcome == "ok":
-            self.metrics.ttft.labels(task=ctx.task, model=model).observe(
-                ctx.first_token - ctx.started
-            )
+            m.labelled(m.ttft, ctx.task, model).observe(ctx.first_token - ctx.started)
             if ctx.completion_tokens > 1:
-                self.metrics.tpot.labels(task=ctx.task, model=model).observe(
+                m.labelled(m.tpot, ctx.task, model).observe(
                     (ended - ctx.first_token) / (ctx.completion_tokens - 1)
                 )
         tenant = ctx.tenant or "anonymous"
         if ctx.prompt_tokens:
-            self.metrics.prompt_tokens.labels(tenant=tenant, task=ctx.task).inc(ctx.prompt_tokens)
+            m.labelled(m.prompt_tokens, tenant, ctx.task).inc(ctx.prompt_tokens)
         if ctx.completion_tokens:
-            self.metrics.completion_tokens.labels(tenant=tenant, task=ctx.task).inc(
-                ctx.completion_tokens
-            )
+            m.labelled(m.completion_tokens, tenant, ctx.task).inc(ctx.completion_tokens)
 
     @staticmethod
     def _log(ctx: RequestContext) -> None:

@@ -9,6 +9,8 @@ Each gateway app owns its own registry (no module-level state).
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (
@@ -28,6 +30,7 @@ SUGGESTION_EVENTS = ("shown", "accepted", "dismissed")
 class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "seed_serve_requests_total",
@@ -178,6 +181,15 @@ class GatewayMetrics:
         self.keys_reloads = Counter(
             "seed_serve_keys_reloads_total", "Keys file reloads.", ["result"], registry=r
         )
+
+    def labelled(self, metric: Counter | Histogram, *values: str) -> Any:
+        """``metric.labels(*values)``, remembered: the label sets are bounded,
+        and looking a child up again on every request is measurable work."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
