@@ -467,7 +467,8 @@ def capacity_markdown(result: dict[str, Any]) -> str:
     )
     return (
         f"Gateway pinned to 1 core (CPU {result['gateway_cpu']}, the quietest); load generator "
-        f"and instant upstream (benchmark instrument) on {result['load_cpus']}. Streamed: "
+        f"and instant upstream (benchmark instrument) on the other {result['load_cpus']} CPU(s). "
+        f"Streamed: "
         f"{result['stream']}, {result['tokens_per_response']} tokens per response. CPU noise "
         f"(time a spinning process lost per second): "
         + ", ".join(
