@@ -136,12 +136,14 @@ class _HashRing:
 class _KeyedRingRouter:
     """Consistent hashing on one key of the request (round-robin without it)."""
 
-    def __init__(self, config: PrefixAffinityRouting | SessionRouting) -> None:
+    def __init__(
+        self,
+        config: PrefixAffinityRouting | SessionRouting,
+        key: Callable[[RouteRequest], str | None],
+    ) -> None:
         self.ring = _HashRing(config.virtual_nodes, config.load_bound)
         self.fallback = RoundRobinRouter()
-
-    def key(self, request: RouteRequest) -> str | None:
-        raise NotImplementedError
+        self.key = key
 
     def pick(
         self,
@@ -157,13 +159,13 @@ class _KeyedRingRouter:
 
 
 class PrefixAffinityRouter(_KeyedRingRouter):
-    def key(self, request: RouteRequest) -> str | None:
-        return request.affinity
+    def __init__(self, config: PrefixAffinityRouting) -> None:
+        super().__init__(config, key=lambda request: request.affinity)
 
 
 class SessionRouter(_KeyedRingRouter):
-    def key(self, request: RouteRequest) -> str | None:
-        return request.session
+    def __init__(self, config: SessionRouting) -> None:
+        super().__init__(config, key=lambda request: request.session)
 
 
 def build_router(config: RoutingConfig) -> Router:
