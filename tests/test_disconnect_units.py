@@ -93,20 +93,20 @@ async def _unless_disconnected_cancels_the_work_and_raises() -> None:
 
     asyncio.get_running_loop().call_later(0.05, client.leave)
     with pytest.raises(ClientDisconnected):
-        await asyncio.wait_for(unless_disconnected(request, slow()), 5)
+        await asyncio.wait_for(unless_disconnected(request.receive, slow()), 5)
     assert cancelled.is_set()
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
 
     async def quick() -> str:
         return "answer"
 
-    assert await unless_disconnected(request, quick()) == "answer"
+    assert await unless_disconnected(request.receive, quick()) == "answer"
 
 
 async def _a_shutdown_cancellation_is_not_swallowed() -> None:
     client = Client()
     request = Request({"type": "http", "method": "POST", "headers": []}, client.receive)
-    task = asyncio.ensure_future(unless_disconnected(request, asyncio.sleep(30)))
+    task = asyncio.ensure_future(unless_disconnected(request.receive, asyncio.sleep(30)))
     await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

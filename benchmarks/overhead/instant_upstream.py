@@ -27,6 +27,12 @@ _METRICS = (
 )
 
 
+def _compact(value: object) -> bytes:
+    """JSON as vLLM writes it (pydantic: no spaces), so the gateway's relay
+    finds the same markers (``"usage":{``) it finds in a real engine's stream."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 def build(tokens: int, model: str) -> web.Application:
     created = int(time.time())
 
@@ -38,13 +44,13 @@ def build(tokens: int, model: str) -> web.Application:
             "model": model,
             "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
         }
-        return b"data: " + json.dumps(body).encode() + b"\n\n"
+        return b"data: " + _compact(body) + b"\n\n"
 
     usage = {"prompt_tokens": 8, "completion_tokens": tokens, "total_tokens": 8 + tokens}
     stream_body = b"".join(chunk(" x", None) for _ in range(tokens - 1)) + chunk(" x", "length")
     stream_body += (
         b"data: "
-        + json.dumps(
+        + _compact(
             {
                 "id": "cmpl-instant",
                 "object": "text_completion",
@@ -53,10 +59,10 @@ def build(tokens: int, model: str) -> web.Application:
                 "choices": [],
                 "usage": usage,
             }
-        ).encode()
+        )
         + b"\n\ndata: [DONE]\n\n"
     )
-    plain_body = json.dumps(
+    plain_body = _compact(
         {
             "id": "cmpl-instant",
             "object": "text_completion",
@@ -67,7 +73,7 @@ def build(tokens: int, model: str) -> web.Application:
             ],
             "usage": usage,
         }
-    ).encode()
+    )
 
     async def completions(request: web.Request) -> web.StreamResponse:
         body = await request.json()

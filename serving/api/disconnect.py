@@ -15,7 +15,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 T = TypeVar("T")
@@ -63,10 +62,11 @@ class _DisconnectWatch:
         self._watcher.cancel()
 
 
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``; if the client disconnects first, cancel it (which closes
-    the engine connection, and vLLM aborts the request) and raise."""
-    watch = _DisconnectWatch(request.receive)
+async def unless_disconnected(receive: Callable[[], Awaitable[Any]], work: Awaitable[T]) -> T:
+    """Run ``work``; if the client disconnects first (``receive``, the ASGI
+    channel, says so), cancel it (which closes the engine connection, and vLLM
+    aborts the request) and raise."""
+    watch = _DisconnectWatch(receive)
     try:
         return await work
     except asyncio.CancelledError:

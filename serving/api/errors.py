@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import MutableMapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -82,14 +83,28 @@ def validation_message(errors: list[Any]) -> tuple[str, str | None]:
     return f"Invalid value for '{param}': {message}.", param
 
 
-async def _api_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, APIError)
-    context = request.scope.get("state", {}).get("ctx")
+def api_error_answer(scope: MutableMapping[str, Any], exc: APIError) -> JSONResponse:
+    """The answer to an APIError raised while serving ``scope`` (noted on its context)."""
+    context = scope.get("state", {}).get("ctx")
     if context is not None:
         context.error_code = exc.code
         if exc.code == "superseded":
             context.outcome = "superseded"
     return error_response(exc)
+
+
+def client_gone_answer(scope: MutableMapping[str, Any]) -> Response:
+    """The answer to a client that left before it (nobody reads it)."""
+    context = scope.get("state", {}).get("ctx")
+    if context is not None:
+        context.outcome = "cancelled"
+    # 499 is what the audit log and metrics record.
+    return Response(status_code=499)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, APIError)
+    return api_error_answer(request.scope, exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -131,11 +146,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
-    context = request.scope.get("state", {}).get("ctx")
-    if context is not None:
-        context.outcome = "cancelled"
-    # Nobody reads this answer; 499 is what the audit log and metrics record.
-    return Response(status_code=499)
+    return client_gone_answer(request.scope)
 
 
 def register_exception_handlers(app: FastAPI) -> None:

@@ -68,12 +68,12 @@ def openai_router(serving: OpenAIServing, registry: ReplicaRegistry) -> APIRoute
     @router.post("/v1/completions", responses=_ERRORS)
     async def create_completion(body: CompletionRequest, request: Request) -> Response:
         ctx = context_of(request.scope)
-        return await unless_disconnected(request, serving.completions(body, ctx))
+        return await unless_disconnected(request.receive, serving.completions(body, ctx))
 
     @router.post("/v1/chat/completions", responses=_ERRORS)
     async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
         ctx = context_of(request.scope)
-        return await unless_disconnected(request, serving.chat(body, ctx))
+        return await unless_disconnected(request.receive, serving.chat(body, ctx))
 
     return router
 
@@ -95,17 +95,23 @@ def code_router(code: CodeServing, feedback: SuggestionFeedback) -> APIRouter:
     )
     async def code_completion(body: CodeCompletionRequest, request: Request) -> Response:
         """Completion at the cursor: FIM prompt, post-processed to the line/block."""
-        return await unless_disconnected(request, code.completion(body, context_of(request.scope)))
+        return await unless_disconnected(
+            request.receive, code.completion(body, context_of(request.scope))
+        )
 
     @router.post("/v1/code/repairs", responses=_ERRORS)
     async def code_repair(body: CodeRepairRequest, request: Request) -> CodeRepairResponse:
         """Fix code given its error; candidates checked, verified against a test."""
-        return await unless_disconnected(request, code.repair(body, context_of(request.scope)))
+        return await unless_disconnected(
+            request.receive, code.repair(body, context_of(request.scope))
+        )
 
     @router.post("/v1/code/tests", responses=_ERRORS)
     async def code_tests(body: CodeTestsRequest, request: Request) -> CodeTestsResponse:
         """Unit tests for the code, run against it in the sandbox."""
-        return await unless_disconnected(request, code.tests(body, context_of(request.scope)))
+        return await unless_disconnected(
+            request.receive, code.tests(body, context_of(request.scope))
+        )
 
     return router
 

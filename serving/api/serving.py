@@ -15,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 from fastapi.responses import JSONResponse, Response
 
 from serving.admission.context import RequestContext
@@ -26,6 +25,7 @@ from serving.api.errors import sse_error_event
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.api.sse import DONE, guarded_stream, sse_event
 from serving.config import GatewayConfig, LimitsConfig
+from serving.engines.client import EngineHTTPError
 from serving.engines.dispatch import REPLICA_HEADER, Dispatcher, EngineCall
 from serving.engines.registry import ModelStatus, ReplicaRegistry
 from serving.errors import APIError, BadRequestError, NotFoundError, UpstreamError
@@ -383,7 +383,7 @@ async def _relay(
                 yield ready
         if buffer:
             yield buffer
-    except (TimeoutError, aiohttp.ClientError) as exc:
+    except (TimeoutError, EngineHTTPError) as exc:
         if call.cancel_reason == "superseded":
             ctx.outcome = "superseded"
             error: APIError = Superseded()

@@ -17,12 +17,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
 from serving.admission.context import RequestContext
 from serving.admission.scheduler import AdmissionScheduler, Lease, Superseded, Ticket
 from serving.config import AdmissionConfig, TimeoutsConfig
-from serving.engines.client import EngineClient
+from serving.engines.client import EngineClient, EngineHTTPError, EngineResponse
 from serving.engines.registry import ReplicaRegistry
 from serving.engines.router import RouteRequest
 from serving.engines.types import ReplicaInfo
@@ -46,7 +44,7 @@ class EngineCall:
     Streams come with their first chunk already read; plain answers whole.
     """
 
-    upstream: aiohttp.ClientResponse
+    upstream: EngineResponse
     lease: Lease
     first: bytes = b""
     body: bytes | None = None
@@ -68,15 +66,12 @@ class EngineCall:
         """The stream's bytes as they arrive (the first one already read)."""
         if self.first:
             yield self.first
-        async for chunk in self.upstream.content.iter_any():
+        async for chunk in self.upstream.iter_any():
             yield chunk
 
     def finish(self) -> None:
         """Give the slot back; keep the connection only if the answer was read whole."""
-        if self.upstream.content.at_eof() and not self.upstream.closed:
-            self.upstream.release()
-        else:
-            self.upstream.close()
+        self.upstream.release()
         self.lease.release()
 
 
@@ -176,7 +171,7 @@ class Dispatcher:
         replica = lease.replica
         try:
             upstream = await self.client.post(replica, path, body, stream=stream)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, EngineHTTPError) as exc:
             raise _ReplicaFailed(exc or type(exc).__name__) from exc
         if upstream.status != 200:
             try:
@@ -191,12 +186,12 @@ class Dispatcher:
         try:
             if stream:
                 async with asyncio.timeout(self.timeouts.first_token_s):  # no extra task
-                    call.first = await upstream.content.readany()
+                    call.first = await upstream.readany()
                 if not call.first:
                     raise _ReplicaFailed("the stream ended before its first token")
             else:
                 call.body = await self._read_while_healthy(upstream, replica)
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, EngineHTTPError) as exc:
             upstream.close()
             raise _ReplicaFailed(exc or type(exc).__name__) from exc
         except BaseException:
@@ -204,9 +199,7 @@ class Dispatcher:
             raise
         return call
 
-    async def _read_while_healthy(
-        self, upstream: aiohttp.ClientResponse, replica: ReplicaInfo
-    ) -> bytes:
+    async def _read_while_healthy(self, upstream: EngineResponse, replica: ReplicaInfo) -> bytes:
         """A plain answer arrives whole at the end; meanwhile watch the replica,
         so a frozen engine fails the request (and it is retried) instead of a hang."""
         read = asyncio.ensure_future(upstream.read())

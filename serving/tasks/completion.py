@@ -8,11 +8,10 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from serving.admission.context import RequestContext
 from serving.admission.scheduler import Superseded
 from serving.config import TasksConfig
+from serving.engines.client import EngineHTTPError
 from serving.engines.dispatch import Dispatcher, EngineCall
 from serving.engines.registry import ModelStatus, ReplicaRegistry
 from serving.engines.sse import sse_events
@@ -91,7 +90,7 @@ class CompletionRun:
                         yield ChoiceDelta(index, text, reason)
                 if len(self.finish_reasons) == self.n:
                     break  # every suggestion is complete: stop generating
-        except (TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, EngineHTTPError) as exc:
             if self.call.cancel_reason == "superseded":
                 raise Superseded() from None
             raise UpstreamError(
