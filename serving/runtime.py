@@ -123,6 +123,11 @@ def _uvicorn_server(
             http="httptools",
             log_level=log_level,
             access_log=False,
+            # The gateway alone decides whom to believe about X-Forwarded-For
+            # (auth.trusted_proxies); uvicorn would otherwise rewrite the client
+            # address for any local peer, so a local process could pick its
+            # address past the allow-lists.
+            proxy_headers=False,
             log_config=None,
             lifespan="on",
             timeout_graceful_shutdown=30,

@@ -14,7 +14,8 @@ import uvloop
 
 from serving.engines._http import EngineConnectionError, EngineConnectionPool, EngineHTTPError
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+Reader, Writer = asyncio.StreamReader, asyncio.StreamWriter
+Script = Callable[["ScriptedServer", Reader, Writer, int], Awaitable[None]]
 JSON = b"Content-Type: application/json\r\n"
 
 
@@ -33,19 +34,18 @@ def on_both_loops(
 
 
 class ScriptedServer:
-    """A TCP server; ``handler(reader, writer, connection_number)`` per connection."""
+    """A TCP server; ``script(server, reader, writer, connection_number)`` per connection."""
 
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
+    def __init__(self, script: Script) -> None:
+        self.script = script
         self.connections = 0
         self.requests: list[bytes] = []
-        self.eof_seen = asyncio.Event()
         self.url = ""
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
-            await self.handler(reader, writer, self.connections)
+            await self.script(self, reader, writer, self.connections)
         finally:
             writer.close()
 
@@ -61,9 +61,8 @@ class ScriptedServer:
 
 
 @asynccontextmanager
-async def serving(handler_of: Callable[[ScriptedServer], Handler]) -> AsyncIterator[ScriptedServer]:
-    server = ScriptedServer(lambda r, w, n: asyncio.sleep(0))
-    server.handler = handler_of(server)
+async def serving(script: Script) -> AsyncIterator[ScriptedServer]:
+    server = ScriptedServer(script)
     listener = await asyncio.start_server(server._serve, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
     server.url = f"http://127.0.0.1:{port}"
@@ -94,20 +93,15 @@ STREAM_HEAD = (
 
 @on_both_loops
 async def test_plain_answer_and_the_connection_is_kept_for_the_next_request() -> None:
-    def handler(server: ScriptedServer) -> Handler:
-        async def answer(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            while not reader.at_eof():
-                try:
-                    request = await server.read_request(reader)
-                except asyncio.IncompleteReadError:
-                    return
-                writer.write(plain(b'{"echo":' + request.rsplit(b"\r\n\r\n", 1)[1] + b"}"))
+    async def answer(server: ScriptedServer, reader: Reader, writer: Writer, _: int) -> None:
+        while not reader.at_eof():
+            try:
+                request = await server.read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(plain(b'{"echo":' + request.rsplit(b"\r\n\r\n", 1)[1] + b"}"))
 
-        return answer
-
-    async with serving(handler) as server:
+    async with serving(answer) as server:
         client = pool()
         for i in range(3):
             response = await client.post(
@@ -128,21 +122,16 @@ async def test_plain_answer_and_the_connection_is_kept_for_the_next_request() ->
 async def test_a_stream_is_relayed_as_it_comes_not_buffered() -> None:
     release = asyncio.Event()
 
-    def handler(server: ScriptedServer) -> Handler:
-        async def answer(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await server.read_request(reader)
-            writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
-            await writer.drain()
-            await release.wait()  # the second event only after the first was read
-            writer.write(chunk(b"data: 2\n\n") + b"0\r\n\r\n")
-            await writer.drain()
-            await reader.read()
+    async def answer(server: ScriptedServer, reader: Reader, writer: Writer, _: int) -> None:
+        await server.read_request(reader)
+        writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
+        await writer.drain()
+        await release.wait()  # the second event only after the first was read
+        writer.write(chunk(b"data: 2\n\n") + b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
 
-        return answer
-
-    async with serving(handler) as server:
+    async with serving(answer) as server:
         client = pool()
         response = await client.post(server.url, "/v1/completions", b"{}", JSON, idle_s=5)
         assert await response.readany() == b"data: 1\n\n"
@@ -158,19 +147,14 @@ async def test_closing_a_response_mid_stream_closes_the_connection() -> None:
     """What makes vLLM abort a request whose client left."""
     closed = asyncio.Event()
 
-    def handler(server: ScriptedServer) -> Handler:
-        async def answer(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await server.read_request(reader)
-            writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
-            await writer.drain()
-            assert await reader.read() == b""  # EOF: the gateway hung up
-            closed.set()
+    async def answer(server: ScriptedServer, reader: Reader, writer: Writer, _: int) -> None:
+        await server.read_request(reader)
+        writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
+        await writer.drain()
+        assert await reader.read() == b""  # EOF: the gateway hung up
+        closed.set()
 
-        return answer
-
-    async with serving(handler) as server:
+    async with serving(answer) as server:
         client = pool()
         response = await client.post(server.url, "/v1/completions", b"{}", JSON, idle_s=5)
         assert await response.readany() == b"data: 1\n\n"
@@ -183,18 +167,13 @@ async def test_closing_a_response_mid_stream_closes_the_connection() -> None:
 
 @on_both_loops
 async def test_an_engine_that_dies_mid_answer_is_an_error_not_a_short_answer() -> None:
-    def handler(server: ScriptedServer) -> Handler:
-        async def answer(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await server.read_request(reader)
-            writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
-            await writer.drain()
-            writer.transport.abort()
+    async def answer(server: ScriptedServer, reader: Reader, writer: Writer, _: int) -> None:
+        await server.read_request(reader)
+        writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
+        await writer.drain()
+        writer.transport.abort()
 
-        return answer
-
-    async with serving(handler) as server:
+    async with serving(answer) as server:
         client = pool()
         response = await client.post(server.url, "/v1/completions", b"{}", JSON, idle_s=5)
         assert await response.readany() == b"data: 1\n\n"
@@ -209,21 +188,16 @@ async def test_a_kept_alive_connection_closed_by_the_engine_is_retried_on_a_new_
     """The engine closes idle connections; one it closed just as we reused it
     never saw the request, so it is sent again (not counted as a failure)."""
 
-    def handler(server: ScriptedServer) -> Handler:
-        async def answer(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
-        ) -> None:
-            await server.read_request(reader)
-            writer.write(plain(b"first" if n == 1 else b"again"))
-            await writer.drain()
-            if n == 1:
-                await server.read_request(reader)  # the reuse: hang up unanswered
-                return
-            await reader.read()
+    async def answer(server: ScriptedServer, reader: Reader, writer: Writer, n: int) -> None:
+        await server.read_request(reader)
+        writer.write(plain(b"first" if n == 1 else b"again"))
+        await writer.drain()
+        if n == 1:
+            await server.read_request(reader)  # the reuse: hang up unanswered
+            return
+        await reader.read()
 
-        return answer
-
-    async with serving(handler) as server:
+    async with serving(answer) as server:
         client = pool()
         response = await client.post(server.url, "/p", b"{}", JSON, idle_s=None)
         assert await response.read() == b"first"
@@ -237,15 +211,10 @@ async def test_a_kept_alive_connection_closed_by_the_engine_is_retried_on_a_new_
 
 @on_both_loops
 async def test_a_new_connection_closed_before_answering_fails_at_once() -> None:
-    def handler(server: ScriptedServer) -> Handler:
-        async def answer(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await server.read_request(reader)
+    async def answer(server: ScriptedServer, reader: Reader, writer: Writer, _: int) -> None:
+        await server.read_request(reader)
 
-        return answer
-
-    async with serving(handler) as server:
+    async with serving(answer) as server:
         client = pool()
         with pytest.raises(EngineConnectionError, match="before answering"):
             await asyncio.wait_for(client.post(server.url, "/p", b"{}", JSON, idle_s=None), 5)
@@ -266,18 +235,13 @@ async def test_nothing_listening_is_a_connection_error() -> None:
 
 @on_both_loops
 async def test_a_stalled_stream_times_out_on_the_idle_limit() -> None:
-    def handler(server: ScriptedServer) -> Handler:
-        async def answer(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await server.read_request(reader)
-            writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
-            await writer.drain()
-            await reader.read()
+    async def answer(server: ScriptedServer, reader: Reader, writer: Writer, _: int) -> None:
+        await server.read_request(reader)
+        writer.write(STREAM_HEAD + chunk(b"data: 1\n\n"))
+        await writer.drain()
+        await reader.read()
 
-        return answer
-
-    async with serving(handler) as server:
+    async with serving(answer) as server:
         client = pool()
         response = await client.post(server.url, "/p", b"{}", JSON, idle_s=0.2)
         assert await response.readany() == b"data: 1\n\n"
@@ -289,16 +253,11 @@ async def test_a_stalled_stream_times_out_on_the_idle_limit() -> None:
 
 @on_both_loops
 async def test_the_total_limit_bounds_a_plain_answer() -> None:
-    def handler(server: ScriptedServer) -> Handler:
-        async def answer(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await server.read_request(reader)
-            await reader.read()  # never answers
+    async def answer(server: ScriptedServer, reader: Reader, writer: Writer, _: int) -> None:
+        await server.read_request(reader)
+        await reader.read()  # never answers
 
-        return answer
-
-    async with serving(handler) as server:
+    async with serving(answer) as server:
         client = pool(total_s=0.3)
         with pytest.raises(TimeoutError):
             await client.post(server.url, "/p", b"{}", JSON, idle_s=None)
@@ -307,17 +266,12 @@ async def test_the_total_limit_bounds_a_plain_answer() -> None:
 
 @on_both_loops
 async def test_a_body_that_ends_with_the_connection() -> None:
-    def handler(server: ScriptedServer) -> Handler:
-        async def answer(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
-            await writer.drain()
+    async def answer(server: ScriptedServer, reader: Reader, writer: Writer, _: int) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+        await writer.drain()
 
-        return answer
-
-    async with serving(handler) as server:
+    async with serving(answer) as server:
         client = pool()
         response = await client.post(server.url, "/p", b"{}", JSON, idle_s=None)
         assert await response.read() == b"all of it"
@@ -331,22 +285,17 @@ async def test_a_large_answer_read_slowly_arrives_whole() -> None:
     again as the consumer catches up: nothing is lost or reordered."""
     pieces = [bytes([65 + i % 26]) * 65536 for i in range(64)]  # 4 MiB
 
-    def handler(server: ScriptedServer) -> Handler:
-        async def answer(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await server.read_request(reader)
-            writer.write(STREAM_HEAD)
-            for piece in pieces:
-                writer.write(chunk(piece))
-                await writer.drain()
-            writer.write(b"0\r\n\r\n")
+    async def answer(server: ScriptedServer, reader: Reader, writer: Writer, _: int) -> None:
+        await server.read_request(reader)
+        writer.write(STREAM_HEAD)
+        for piece in pieces:
+            writer.write(chunk(piece))
             await writer.drain()
-            await reader.read()
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
 
-        return answer
-
-    async with serving(handler) as server:
+    async with serving(answer) as server:
         client = pool()
         response = await client.post(server.url, "/p", b"{}", JSON, idle_s=5)
         received = []
@@ -360,21 +309,16 @@ async def test_a_large_answer_read_slowly_arrives_whole() -> None:
 
 @on_both_loops
 async def test_an_error_status_comes_with_its_body() -> None:
-    def handler(server: ScriptedServer) -> Handler:
-        async def answer(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await server.read_request(reader)
-            body = b'{"error":{"message":"bad","param":"n"}}'
-            writer.write(
-                b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-            )
-            await writer.drain()
-            await reader.read()
+    async def answer(server: ScriptedServer, reader: Reader, writer: Writer, _: int) -> None:
+        await server.read_request(reader)
+        body = b'{"error":{"message":"bad","param":"n"}}'
+        writer.write(
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        await writer.drain()
+        await reader.read()
 
-        return answer
-
-    async with serving(handler) as server:
+    async with serving(answer) as server:
         client = pool()
         response = await client.post(server.url, "/p", b"{}", JSON, idle_s=None)
         assert response.status == 400
@@ -385,18 +329,13 @@ async def test_an_error_status_comes_with_its_body() -> None:
 
 @on_both_loops
 async def test_garbage_instead_of_http_is_an_error() -> None:
-    def handler(server: ScriptedServer) -> Handler:
-        async def answer(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await server.read_request(reader)
-            writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
-            await writer.drain()
-            await reader.read()
+    async def answer(server: ScriptedServer, reader: Reader, writer: Writer, _: int) -> None:
+        await server.read_request(reader)
+        writer.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+        await writer.drain()
+        await reader.read()
 
-        return answer
-
-    async with serving(handler) as server:
+    async with serving(answer) as server:
         client = pool()
         with pytest.raises(EngineHTTPError, match="invalid HTTP"):
             await asyncio.wait_for(client.post(server.url, "/p", b"{}", JSON, idle_s=None), 5)
@@ -413,16 +352,11 @@ async def test_only_http_urls() -> None:
 async def test_a_stream_whose_engine_never_answers_times_out_on_the_idle_limit() -> None:
     """A frozen engine (SIGSTOP) accepts connections but never answers."""
 
-    def handler(server: ScriptedServer) -> Handler:
-        async def answer(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await server.read_request(reader)
-            await reader.read()
+    async def answer(server: ScriptedServer, reader: Reader, writer: Writer, _: int) -> None:
+        await server.read_request(reader)
+        await reader.read()
 
-        return answer
-
-    async with serving(handler) as server:
+    async with serving(answer) as server:
         client = pool(total_s=60)
         with pytest.raises(TimeoutError):
             await client.post(server.url, "/p", b"{}", JSON, idle_s=0.2)

@@ -179,6 +179,17 @@ def test_global_allow_list_and_trusted_proxies(
     assert refused.json()["error"]["code"] == "ip_not_allowed"
     assert post(gateway, user, BODY).status_code == 403  # loopback itself is not allowed
 
+    # Without trusted proxies nobody picks their address, not even a local peer
+    # (uvicorn would believe X-Forwarded-For from loopback unless told not to).
+    untrusting = start_gateway(
+        tiny_stack, tmp_path / "gw2", keys_file, auth={"allowed_cidrs": ["192.0.2.0/24"]}
+    )
+    gateways.append(untrusting)
+    spoofed = post(untrusting, user, BODY, headers={**headers, "X-Forwarded-For": "192.0.2.10"})
+    assert spoofed.status_code == 403
+    assert spoofed.json()["error"]["code"] == "ip_not_allowed"
+    assert "127.0.0.1" in spoofed.json()["error"]["message"]
+
 
 def test_metrics_on_a_separate_port_need_no_key(
     tiny_stack: SeedServeProcess, tmp_path: Path, keys_file: Path, gateways: list[JoinedGateway]

@@ -191,7 +191,7 @@ class AdmissionScheduler:
             self._queues[ticket.model][ticket.lane], (ticket.virtual_finish, ticket.order, ticket)
         )
         self._queued += 1
-        self.metrics.queue_depth.labels(lane=ticket.lane).inc()
+        self.metrics.labelled(self.metrics.queue_depth, ticket.lane).inc()
 
     def _remove(self, ticket: Ticket) -> bool:
         heap = self._queues[ticket.model][ticket.lane]
@@ -200,7 +200,7 @@ class AdmissionScheduler:
                 heap.pop(index)
                 heapq.heapify(heap)
                 self._queued -= 1
-                self.metrics.queue_depth.labels(lane=ticket.lane).dec()
+                self.metrics.labelled(self.metrics.queue_depth, ticket.lane).dec()
                 return True
         return False
 
@@ -218,7 +218,7 @@ class AdmissionScheduler:
                 return  # lower lanes must not overtake the head of a higher one
             heapq.heappop(heap)
             self._queued -= 1
-            self.metrics.queue_depth.labels(lane=ticket.lane).dec()
+            self.metrics.labelled(self.metrics.queue_depth, ticket.lane).dec()
             self._lane_clock[(model, ticket.lane)] = ticket.virtual_finish
             ready = [r for r in self.registry.ready(model) if r.replica_id not in ticket.exclude]
             route = ticket.route or RouteRequest(model)
@@ -226,7 +226,7 @@ class AdmissionScheduler:
             ticket.replica = replica
             ticket.dispatched = time.monotonic()
             self._inflight[replica.replica_id].add(ticket)
-            self.metrics.queue_wait.labels(lane=ticket.lane).observe(ticket.waited_s)
+            self.metrics.labelled(self.metrics.queue_wait, ticket.lane).observe(ticket.waited_s)
             if not ticket.future.done():
                 ticket.future.set_result(replica)
 

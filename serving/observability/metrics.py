@@ -182,7 +182,7 @@ class GatewayMetrics:
             "seed_serve_keys_reloads_total", "Keys file reloads.", ["result"], registry=r
         )
 
-    def labelled(self, metric: Counter | Histogram, *values: str) -> Any:
+    def labelled(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
         """``metric.labels(*values)``, remembered: the label sets are bounded,
         and looking a child up again on every request is measurable work."""
         key = (id(metric), values)
