@@ -208,6 +208,8 @@ def test_gateway_capacity_benchmark(tmp_path: Path) -> None:
     cpu_ms = [lvl["gateway_cpu_ms_per_request"] for lvl in data["levels"]]
     assert all(ms > 0 for ms in cpu_ms)
     assert data["cpu_bound_rps_per_core"] in {round(1000 / ms) for ms in cpu_ms}
+    plot = tmp_path / "overhead-capacity.png"
+    assert plot.read_bytes().startswith(b"\x89PNG") and plot.stat().st_size > 10_000
 
 
 def test_overhead_against_one_engine(demo_stack: SeedServeProcess, tmp_path: Path) -> None:

@@ -441,6 +441,37 @@ async def capacity_run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def capacity_plot(result: dict[str, Any], folder: Path) -> Path:
+    """Added latency and the gateway's CPU per request against the offered rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = result["levels"]
+    offered = [lvl["offered_rps"] for lvl in levels]
+    fig, (latency, cpu) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, label in (("added_p50_ms", "added p50"), ("added_p99_ms", "added p99")):
+        latency.plot(offered, [lvl[key] for lvl in levels], marker="o", label=label)
+    latency.axhline(result["slo_added_p99_ms"], color="grey", linestyle="--", label="p99 target")
+    latency.set_xlabel("offered load (requests/s)")
+    latency.set_ylabel("ms added by the gateway")
+    latency.set_title("Latency the gateway adds (one core)")
+    cpu.plot(offered, [lvl["gateway_cpu_ms_per_request"] for lvl in levels], marker="o")
+    cpu.set_xlabel("offered load (requests/s)")
+    cpu.set_ylabel("gateway CPU ms per request")
+    cpu.set_ylim(bottom=0)
+    cpu.set_title("Gateway CPU time per request")
+    for axis in (latency, cpu):
+        axis.grid(True, alpha=0.3)
+    latency.legend()
+    fig.tight_layout()
+    path = folder / "overhead-capacity.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def capacity_markdown(result: dict[str, Any]) -> str:
     rows = [
         [
@@ -555,7 +586,9 @@ def main(argv: list[str] | None = None) -> int:
         getattr(args, "key", None): "$KEY",
         getattr(args, "direct_token", None): "$ENGINE_TOKEN",
     }
-    publish("benchmarks.overhead", name, argv, secrets, args.out, result, text, machine)
+    folder = publish("benchmarks.overhead", name, argv, secrets, args.out, result, text, machine)
+    if args.mode == "capacity":
+        print(f"plot: {capacity_plot(result, folder)}")
     return 0
 
 
