@@ -361,3 +361,11 @@ async def test_a_stream_whose_engine_never_answers_times_out_on_the_idle_limit()
         with pytest.raises(TimeoutError):
             await client.post(server.url, "/p", b"{}", JSON, idle_s=0.2)
         client.close()
+
+
+def test_where_an_engine_url_points() -> None:
+    client = pool()
+    v6 = client._target("http://[::1]:8000")
+    assert (v6.origin, v6.host, v6.prefix) == (("::1", 8000), b"[::1]:8000", b"")
+    named = client._target("http://engine-0/base/")
+    assert (named.origin, named.host, named.prefix) == (("engine-0", 80), b"engine-0", b"/base")

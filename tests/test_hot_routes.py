@@ -12,7 +12,7 @@ from typing import Any
 from starlette.responses import JSONResponse, Response
 
 from serving.admission.context import RequestContext
-from serving.api.hot_routes import HotRoutes
+from serving.api.hot_routes import HotRoute, HotRoutes
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
 from serving.errors import NotFoundError, PayloadTooLargeError
 
@@ -35,6 +35,16 @@ class RecordingServing:
     async def chat(self, request: ChatCompletionRequest, ctx: RequestContext) -> Response:
         self.calls.append(("chat", request, ctx))
         return JSONResponse({"served": "chat"})
+
+
+def hot(inner: Any, serving: RecordingServing) -> HotRoutes:
+    return HotRoutes(
+        inner,
+        routes={
+            "/v1/completions": HotRoute(CompletionRequest, serving.completions),
+            "/v1/chat/completions": HotRoute(ChatCompletionRequest, serving.chat),
+        },
+    )
 
 
 class FastAPIStandIn:
@@ -110,7 +120,7 @@ def run(app: HotRoutes, scope: dict[str, Any], messages: list[dict[str, Any]]) -
 
 def test_a_valid_request_is_served_without_fastapi() -> None:
     serving, inner = RecordingServing(), FastAPIStandIn()
-    app = HotRoutes(inner, serving=serving)
+    app = hot(inner, serving)
     scope = scope_for("/v1/completions", content_type=b"application/json; charset=utf-8")
     status, answer = run(app, scope, body_of(json.dumps(COMPLETION).encode(), parts=3))
     assert (status, answer) == (200, {"served": "completions", "prompt": "def f(x):"})
@@ -158,7 +168,7 @@ def test_anything_not_certainly_valid_goes_to_fastapi_unchanged() -> None:
     ]
     for path, method, content_type, data in cases:
         serving, inner = RecordingServing(), FastAPIStandIn()
-        app = HotRoutes(inner, serving=serving)
+        app = hot(inner, serving)
         status, answer = run(
             app, scope_for(path, method=method, content_type=content_type), body_of(data, parts=2)
         )
@@ -168,11 +178,9 @@ def test_anything_not_certainly_valid_goes_to_fastapi_unchanged() -> None:
 
 
 def test_errors_are_answered_in_the_openai_envelope() -> None:
-    app = HotRoutes(
+    app = hot(
         FastAPIStandIn(),
-        serving=RecordingServing(
-            NotFoundError("no such model", param="model", code="model_not_found")
-        ),
+        RecordingServing(NotFoundError("no such model", param="model", code="model_not_found")),
     )
     scope = scope_for("/v1/completions")
     status, answer = run(app, scope, body_of(json.dumps(COMPLETION).encode()))
@@ -195,7 +203,7 @@ def test_a_body_over_the_limit_is_refused() -> None:
         )
 
     serving, inner = RecordingServing(), FastAPIStandIn()
-    app = HotRoutes(inner, serving=serving)
+    app = hot(inner, serving)
     sent: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:
@@ -209,7 +217,7 @@ def test_a_body_over_the_limit_is_refused() -> None:
 
 def test_a_client_that_leaves_while_sending_gets_nothing() -> None:
     serving, inner = RecordingServing(), FastAPIStandIn()
-    app = HotRoutes(inner, serving=serving)
+    app = hot(inner, serving)
     messages = [
         {"type": "http.request", "body": b'{"model":', "more_body": True},
         {"type": "http.disconnect"},
@@ -233,7 +241,7 @@ def test_a_client_that_leaves_while_served_stops_the_work() -> None:
             raise AssertionError("not cancelled")
 
     async def scenario() -> None:
-        app = HotRoutes(FastAPIStandIn(), serving=SlowServing())
+        app = hot(FastAPIStandIn(), SlowServing())
         scope = scope_for("/v1/completions")
         left = asyncio.Event()
         pending = body_of(json.dumps(COMPLETION).encode())
@@ -257,3 +265,31 @@ def test_a_client_that_leaves_while_served_stops_the_work() -> None:
         assert sent[0]["status"] == 499
 
     asyncio.run(scenario())
+
+
+def test_the_app_serves_its_hot_routes_with_the_models_of_its_fastapi_routes() -> None:
+    """The fast path and FastAPI's route validate a body with the same model,
+    so neither accepts what the other would refuse."""
+    from fastapi.routing import APIRoute
+
+    from serving.api.app import build_app
+    from serving.config import ServingConfig
+    from serving.engines.registry import ReplicaRegistry, StaticSource
+
+    config = ServingConfig.model_validate(
+        {
+            "auth": {"enabled": False, "demo_key_file": None},
+            "audit": {"file": None},
+            "replica_groups": [{"name": "g", "engine": {"model": "m", "device": "cpu"}}],
+        }
+    )
+    app = build_app(config, ReplicaRegistry(StaticSource([]), refresh_interval_s=5.0))
+    [middleware] = [m for m in app.user_middleware if m.cls is HotRoutes]
+    routes: dict[str, HotRoute] = middleware.kwargs["routes"]
+    assert set(routes) == {"/v1/completions", "/v1/chat/completions", "/v1/code/completions"}
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path in routes and "POST" in route.methods:
+            [body] = route.dependant.body_params
+            assert body.field_info.annotation is routes[route.path].model, route.path
+            routes = {path: r for path, r in routes.items() if path != route.path}
+    assert routes == {}  # each hot route is also a FastAPI route

@@ -15,7 +15,7 @@ from serving.admission.scheduler import AdmissionScheduler
 from serving.api.code_serving import CodeServing
 from serving.api.errors import register_exception_handlers
 from serving.api.feedback import SuggestionFeedback
-from serving.api.hot_routes import HotRoutes
+from serving.api.hot_routes import HotRoutes, hot_routes
 from serving.api.middleware import GatewayMiddleware
 from serving.api.routes import (
     admin_router,
@@ -121,7 +121,7 @@ def build_app(
     if config.gateway.metrics_port is None:
         app.include_router(metrics_router(metrics, stats))
     # Added first, so it runs inside GatewayMiddleware (keys, limits, the request context).
-    app.add_middleware(HotRoutes, serving=serving)
+    app.add_middleware(HotRoutes, routes=hot_routes(serving, code))
     app.add_middleware(
         GatewayMiddleware,
         config=config.gateway,

@@ -1,5 +1,6 @@
-"""The two hottest routes, ``POST /v1/completions`` and ``/v1/chat/completions``,
-served in plain ASGI in front of FastAPI's router.
+"""The hottest routes (``POST /v1/completions``, ``/v1/chat/completions`` and
+the IDEs' ``/v1/code/completions``), served in plain ASGI in front of FastAPI's
+router.
 
 Why: FastAPI's per-request machinery (route matching, dependency solving,
 content-type parsing with ``email.message``, three layers of exception
@@ -18,33 +19,39 @@ routes stay declared in FastAPI too (OpenAPI, and that fallback).
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.admission.context import RequestContext, context_of
+from serving.api.code_protocol import CodeCompletionRequest
+from serving.api.code_serving import CodeServing
 from serving.api.disconnect import ClientDisconnected, unless_disconnected
 from serving.api.errors import api_error_answer, client_gone_answer
 from serving.api.protocol import ChatCompletionRequest, CompletionRequest
+from serving.api.serving import OpenAIServing
 from serving.errors import APIError
 
 
 @dataclass(frozen=True)
-class _HotRoute:
+class HotRoute:
+    """A POST route: its request model, and the serving call that answers it
+    (the same pair its FastAPI route uses)."""
+
     model: type[BaseModel]
     serve: Callable[[Any, RequestContext], Awaitable[Response]]
 
 
-class _Serving(Protocol):
-    """What the hot routes hand their requests to (``OpenAIServing``)."""
-
-    async def completions(self, request: CompletionRequest, ctx: RequestContext) -> Response: ...
-
-    async def chat(self, request: ChatCompletionRequest, ctx: RequestContext) -> Response: ...
+def hot_routes(serving: OpenAIServing, code: CodeServing) -> dict[str, HotRoute]:
+    return {
+        "/v1/completions": HotRoute(CompletionRequest, serving.completions),
+        "/v1/chat/completions": HotRoute(ChatCompletionRequest, serving.chat),
+        "/v1/code/completions": HotRoute(CodeCompletionRequest, code.completion),
+    }
 
 
 class _Gone(Exception):
@@ -85,12 +92,9 @@ def _replayed(body: bytes, receive: Receive) -> Receive:
 class HotRoutes:
     """ASGI middleware: serves the hot routes, passes everything else on."""
 
-    def __init__(self, app: ASGIApp, *, serving: _Serving) -> None:
+    def __init__(self, app: ASGIApp, *, routes: Mapping[str, HotRoute]) -> None:
         self.app = app
-        self.routes = {
-            "/v1/completions": _HotRoute(CompletionRequest, serving.completions),
-            "/v1/chat/completions": _HotRoute(ChatCompletionRequest, serving.chat),
-        }
+        self.routes = dict(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.routes.get(scope["path"]) if scope["type"] == "http" else None

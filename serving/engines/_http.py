@@ -3,8 +3,8 @@ as it arrives, keep connections alive for the next request.
 
 Why not aiohttp: the gateway's own cost per request is its capacity
 (``benchmarks/overhead capacity``), and aiohttp's general-purpose client was a
-quarter of it (cookies, redirects, tracing, multidict headers, a task per
-timeout). The engines speak one dialect (uvicorn: ``Content-Length`` or
+quarter of it (cookies, redirects, tracing hooks, multidict headers, its
+connector's bookkeeping). The engines speak one dialect (uvicorn: ``Content-Length`` or
 chunked, keep-alive), so this client speaks just that, parsed by httptools
 (uvicorn's own parser).
 
@@ -295,7 +295,9 @@ class EngineConnectionPool:
             if parts.scheme != "http" or not parts.hostname:
                 raise EngineConnectionError(f"engine URLs are http://host:port, not {url!r}")
             port = parts.port or 80
-            host = parts.hostname if port == 80 else f"{parts.hostname}:{port}"
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # IPv6
+            if port != 80:
+                host = f"{host}:{port}"
             target = _Target((parts.hostname, port), host.encode(), parts.path.rstrip("/").encode())
             self._targets[url] = target
         return target
