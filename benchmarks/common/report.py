@@ -71,3 +71,13 @@ def publish(
     paths = write_report(folder, name, {**record, **result}, markdown)
     print(paths["markdown"].read_text())
     return folder
+
+
+def save_figure(figure: Any, path: Path) -> Path:
+    """Lay out, write as PNG and free a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

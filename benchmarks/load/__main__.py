@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 
 from benchmarks.common import Progress, machine_info, summarize, write_report
-from benchmarks.common.report import command_line, md_table, results_dir
+from benchmarks.common.report import command_line, md_table, results_dir, save_figure
 from benchmarks.load.client import Api, RequestRecord, Target
 from benchmarks.load.workload import (
     TASKS,
@@ -287,11 +287,7 @@ def plot(levels: list[dict[str, Any]], folder: Path) -> list[Path]:
         axis.grid(True, alpha=0.3)
         axis.legend()
         axis.set_title(f"{metric.upper()} CDF, {last['developers']} developers")
-    fig.tight_layout()
-    path = folder / "latency_cdf.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(save_figure(fig, folder / "latency_cdf.png"))
     if len(levels) > 1:
         fig, axis = plt.subplots(figsize=(6, 4))
         offered = [lvl["offered_arrivals_per_s"] for lvl in levels]
@@ -305,11 +301,7 @@ def plot(levels: list[dict[str, Any]], folder: Path) -> list[Path]:
         axis.set_ylabel("ms")
         axis.grid(True, alpha=0.3)
         axis.legend()
-        fig.tight_layout()
-        path = folder / "latency_vs_load.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, folder / "latency_vs_load.png"))
     return written
 
 

@@ -33,7 +33,7 @@ import aiohttp
 from benchmarks.common import Progress, machine_info, summarize
 from benchmarks.common.http import wait_until_up
 from benchmarks.common.machine import core_noise, process_cpu_seconds, quietest_cpu
-from benchmarks.common.report import md_table, publish
+from benchmarks.common.report import md_table, publish, save_figure
 from benchmarks.common.stats import percentile
 from benchmarks.load.workload import default_source_tree, load_corpus
 
@@ -465,11 +465,7 @@ def capacity_plot(result: dict[str, Any], folder: Path) -> Path:
     for axis in (latency, cpu):
         axis.grid(True, alpha=0.3)
     latency.legend()
-    fig.tight_layout()
-    path = folder / "overhead-capacity.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, folder / "overhead-capacity.png")
 
 
 def capacity_markdown(result: dict[str, Any]) -> str:
