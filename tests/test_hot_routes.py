@@ -81,11 +81,15 @@ def scope_for(
 
 
 async def call(
-    app: HotRoutes, scope: dict[str, Any], messages: list[dict[str, Any]]
+    app: HotRoutes,
+    scope: dict[str, Any],
+    messages: list[dict[str, Any]],
+    gone: asyncio.Event | None = None,
 ) -> tuple[int, dict[str, Any] | None]:
+    """Status and JSON answer; the client leaves once answered, or when ``gone`` is set."""
     pending = list(messages)
     sent: list[dict[str, Any]] = []
-    gone = asyncio.Event()
+    gone = gone or asyncio.Event()
 
     async def receive() -> dict[str, Any]:
         if pending:
@@ -228,41 +232,29 @@ def test_a_client_that_leaves_while_sending_gets_nothing() -> None:
 
 
 def test_a_client_that_leaves_while_served_stops_the_work() -> None:
-    started, cancelled = asyncio.Event(), asyncio.Event()
-
-    class SlowServing(RecordingServing):
-        async def completions(self, request: CompletionRequest, ctx: RequestContext) -> Response:
-            started.set()
-            try:
-                await asyncio.sleep(30)
-            except asyncio.CancelledError:
-                cancelled.set()
-                raise
-            raise AssertionError("not cancelled")
+    cancelled = asyncio.Event()
 
     async def scenario() -> None:
-        app = hot(FastAPIStandIn(), SlowServing())
+        gone = asyncio.Event()
+
+        class SlowServing(RecordingServing):
+            async def completions(
+                self, request: CompletionRequest, ctx: RequestContext
+            ) -> Response:
+                gone.set()  # the client leaves while its answer is being made
+                try:
+                    await asyncio.sleep(30)
+                except asyncio.CancelledError:
+                    cancelled.set()
+                    raise
+                raise AssertionError("not cancelled")
+
         scope = scope_for("/v1/completions")
-        left = asyncio.Event()
-        pending = body_of(json.dumps(COMPLETION).encode())
-        sent: list[dict[str, Any]] = []
-
-        async def receive() -> dict[str, Any]:
-            if pending:
-                return pending.pop(0)
-            await left.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-
-        task = asyncio.ensure_future(app(scope, receive, send))
-        await asyncio.wait_for(started.wait(), 5)
-        left.set()
-        await asyncio.wait_for(task, 5)
+        app = hot(FastAPIStandIn(), SlowServing())
+        status, _ = await call(app, scope, body_of(json.dumps(COMPLETION).encode()), gone=gone)
         assert cancelled.is_set()
         assert scope["state"]["ctx"].outcome == "cancelled"
-        assert sent[0]["status"] == 499
+        assert status == 499
 
     asyncio.run(scenario())
 

@@ -204,6 +204,16 @@ class EngineResponse:
 
     # ---------------------------------------------------------------- reading
 
+    def _drain(self) -> bytes:
+        """All bytes received and not yet read (reading the socket again if paused)."""
+        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        if self._paused:
+            self._paused = False
+            self._connection.resume()
+        return data
+
     def at_eof(self) -> bool:
         return self.complete and not self._chunks
 
@@ -217,13 +227,7 @@ class EngineResponse:
             if self.closed:
                 raise EngineConnectionError("the response was closed")
             await self._wait(idle=True)
-        data = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks.clear()
-        self._buffered = 0
-        if self._paused:
-            self._paused = False
-            self._connection.resume()
-        return data
+        return self._drain()
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         while data := await self.readany():
@@ -234,12 +238,7 @@ class EngineResponse:
         parts: list[bytes] = []
         while not self.complete or self._chunks:
             if self._chunks:
-                parts.extend(self._chunks)
-                self._chunks.clear()
-                self._buffered = 0
-                if self._paused:
-                    self._paused = False
-                    self._connection.resume()
+                parts.append(self._drain())
                 continue
             if self._error is not None:
                 raise self._error
