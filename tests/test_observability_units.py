@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -116,3 +117,45 @@ def test_json_log_lines_carry_the_request_id_and_extras() -> None:
     assert first["request_id"] == "req-42" and first["message"] == "answered /v1/completions"
     assert first["status"] == 200 and first["tenant"] == "alpha" and first["level"] == "info"
     assert second["request_id"] is None
+
+
+def test_a_stream_is_tracked_before_its_done_event_reaches_the_client() -> None:
+    """The SDKs return at ``data: [DONE]``; an IDE's suggestion event right
+    after it must find the completion already remembered."""
+    from serving.admission.context import RequestContext
+    from serving.api.middleware import _ResponseTracker
+
+    order: list[str] = []
+
+    async def client(message: dict[str, Any]) -> None:
+        order.append(message["type"] + ":" + repr(message.get("body", b"")))
+
+    async def track(ctx: RequestContext) -> None:
+        order.append(f"tracked {ctx.status}")
+
+    async def scenario() -> None:
+        ctx = RequestContext(request_id="r", route="/v1/completions", method="POST", client_ip="x")
+        tracker = _ResponseTracker(client, "r", ctx, track)
+        await tracker.send({"type": "http.response.start", "status": 200, "headers": []})
+        await tracker.send(
+            {"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True}
+        )
+        assert not tracker.complete
+        await tracker.send(
+            {
+                "type": "http.response.body",
+                "body": b"data: {}\n\ndata: [DONE]\n\n",
+                "more_body": True,
+            }
+        )
+        await tracker.send({"type": "http.response.body", "body": b"", "more_body": False})
+        assert tracker.complete
+
+    asyncio.run(scenario())
+    assert order == [
+        "http.response.start:b''",
+        "http.response.body:b'data: {}\\n\\n'",
+        "tracked 200",
+        "http.response.body:b'data: {}\\n\\ndata: [DONE]\\n\\n'",
+        "http.response.body:b''",
+    ]

@@ -22,6 +22,7 @@ from serving.admission.auth import Authenticator
 from serving.admission.context import ROUTE_TASKS, RequestContext
 from serving.admission.quotas import Quotas
 from serving.api.feedback import SuggestionFeedback
+from serving.api.sse import DONE
 from serving.api.state import GatewayState
 from serving.config import GatewayConfig
 from serving.errors import (
@@ -323,6 +324,7 @@ class _ResponseTracker:
         self._before_end = before_end
         self.status = 0
         self.complete = False
+        self._ended = False  # before_end ran
 
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -339,12 +341,18 @@ class _ResponseTracker:
             if self.status >= 400 and self.ctx.outcome == "ok":
                 self.ctx.outcome = "error"
         elif kind == "http.response.body":
-            if self.ctx.first_token is None and message.get("body"):
+            body = message.get("body", b"")
+            if self.ctx.first_token is None and body:
                 self.ctx.first_token = time.monotonic()
-            if not message.get("more_body", False):
-                self.complete = True
+            last = not message.get("more_body", False)
+            # A client of an event stream is done at ``data: [DONE]`` (the SDKs
+            # return there), before the response's last byte: what it may do
+            # next (a suggestion event) must already find the answer tracked.
+            if not self._ended and (last or body.endswith(DONE)):
+                self._ended = True
                 self.ctx.status = self.status
                 await self._before_end(self.ctx)
+            self.complete = last
         await self._send(message)
 
 
