@@ -13,17 +13,23 @@
         ├── ConflictError          409  conflict_error
         ├── PayloadTooLargeError   413  invalid_request_error
         ├── UnprocessableError     422  invalid_request_error
+        ├── MethodNotAllowedError  405  invalid_request_error
         ├── RateLimitError         429  rate_limit_exceeded
         ├── InternalServerError    500  server_error
         ├── UpstreamError          502  upstream_error (an engine failed)
         └── ServiceUnavailableError 503 service_unavailable (no ready replica, draining)
 
 The ``openai`` SDKs map these status codes to their own exception classes.
+The envelope itself (``ErrorResponse``) is built here only, from an APIError:
+the gateway's answers, its mid-stream error events and the engine guard's
+refusals all come from :meth:`APIError.envelope`.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
+
+from pydantic import BaseModel, Field
 
 
 class SeedServeError(Exception):
@@ -41,6 +47,19 @@ class ConfigError(SeedServeError):
 
 class StartupError(SeedServeError):
     """A component could not start."""
+
+
+class ErrorBody(BaseModel):
+    message: str = Field(description="What went wrong, for a person to read.")
+    type: str = Field(description="The error class (invalid_request_error, ...).")
+    param: str | None = Field(default=None, description="The request field at fault.")
+    code: str | None = Field(default=None, description="A machine-readable reason.")
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error envelope: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    error: ErrorBody
 
 
 class APIError(SeedServeError):
@@ -63,15 +82,15 @@ class APIError(SeedServeError):
         self.code = code
         self.headers = headers or {}
 
-    def envelope(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.error_type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+    def envelope(self) -> ErrorResponse:
+        return ErrorResponse(
+            error=ErrorBody(
+                message=self.message, type=self.error_type, param=self.param, code=self.code
+            )
+        )
+
+    def envelope_json(self) -> bytes:
+        return self.envelope().model_dump_json().encode()
 
 
 class BadRequestError(APIError):
@@ -97,6 +116,11 @@ class NotFoundError(APIError):
 class ConflictError(APIError):
     status_code = 409
     error_type = "conflict_error"
+
+
+class MethodNotAllowedError(APIError):
+    status_code = 405
+    error_type = "invalid_request_error"
 
 
 class PayloadTooLargeError(APIError):
@@ -137,6 +161,7 @@ _BY_STATUS: dict[int, type[APIError]] = {
         PermissionDeniedError,
         NotFoundError,
         ConflictError,
+        MethodNotAllowedError,
         PayloadTooLargeError,
         UnprocessableError,
         RateLimitError,

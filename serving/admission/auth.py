@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
@@ -11,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from serving.admission.keys import KeysFile, KeyStore, Principal, load_keys_file
+from serving.background import Periodic
 from serving.config import AuthConfig
 from serving.errors import AuthenticationError, ConfigError, PermissionDeniedError
 from serving.observability.metrics import GatewayMetrics
@@ -44,7 +44,13 @@ class Authenticator:
         self.store = KeyStore(load_keys_file(self.path) if config.enabled else KeysFile())
         self._index_networks()
         self._signature = self._file_signature()
-        self._task: asyncio.Task[None] | None = None
+        self._watch = Periodic(
+            "keys file check",
+            self._check_file,
+            config.reload_interval_s,
+            logger=logger,
+            first_at_once=False,
+        )
 
     # ------------------------------------------------------------------ reload
 
@@ -82,23 +88,15 @@ class Authenticator:
         return True
 
     async def start(self) -> None:
-        if self.config.enabled and self._task is None:
-            self._task = asyncio.create_task(self._watch())
+        if self.config.enabled:
+            self._watch.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._watch.stop()
 
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.reload_interval_s)
-            try:
-                # A stat (and rarely a small parse): cheap, but off the event loop anyway.
-                await asyncio.to_thread(self.reload_if_changed)
-            except Exception:
-                logger.exception("keys file check failed")
+    async def _check_file(self) -> None:
+        # A stat (and rarely a small parse): cheap, but off the event loop anyway.
+        await asyncio.to_thread(self.reload_if_changed)
 
     # ------------------------------------------------------------------ checks
 

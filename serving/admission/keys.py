@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import ipaddress
 import os
 import re
 import secrets
@@ -23,7 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from serving.config import LimitsConfig
+from serving.config import LimitsConfig, check_cidrs
 from serving.errors import ConfigError
 
 SECRET_PREFIX = "sk-seed-"
@@ -31,21 +30,12 @@ _SECRET = re.compile(r"^sk-seed-(?P<key_id>[a-f0-9]{12})-(?P<random>[A-Za-z0-9_-
 Role = Literal["user", "admin"]
 
 
-def _check_cidrs(values: list[str]) -> list[str]:
-    for value in values:
-        try:
-            ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP network (CIDR)") from None
-    return values
-
-
 class TenantRecord(LimitsConfig):
     allowed_cidrs: list[str] = Field(
         default_factory=list, description="Client networks allowed (empty: any)."
     )
 
-    _cidrs = field_validator("allowed_cidrs")(_check_cidrs)
+    _cidrs = field_validator("allowed_cidrs")(check_cidrs)
 
 
 class KeyRecord(LimitsConfig):
@@ -59,7 +49,7 @@ class KeyRecord(LimitsConfig):
     revoked: bool = False
     allowed_cidrs: list[str] = Field(default_factory=list)
 
-    _cidrs = field_validator("allowed_cidrs")(_check_cidrs)
+    _cidrs = field_validator("allowed_cidrs")(check_cidrs)
 
     def expired(self, now: dt.datetime) -> bool:
         return self.expires is not None and now >= self.expires

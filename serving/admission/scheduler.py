@@ -12,7 +12,6 @@ same document of the same key supersedes the older one (queued or running).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
@@ -21,17 +20,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from serving.config import AdmissionConfig
-from serving.engines.registry import ReplicaRegistry
-from serving.engines.router import Router, RouteRequest
-from serving.engines.stats import EngineStatsPoller
-from serving.engines.types import ReplicaInfo
+from serving.background import Periodic
+from serving.config import LANES, AdmissionConfig
+from serving.engine_link.replica_info import ReplicaInfo
 from serving.errors import ConflictError, ServiceUnavailableError
 from serving.observability.metrics import GatewayMetrics
+from serving.upstream.registry import ReplicaRegistry
+from serving.upstream.routing import Router, RouteRequest
 
 logger = logging.getLogger("seed_serve.admission")
 
-LANES = ("completion", "repair", "tests")
 _ORDER = itertools.count()
 
 
@@ -93,7 +91,6 @@ class AdmissionScheduler:
         registry: ReplicaRegistry,
         router: Router,
         metrics: GatewayMetrics,
-        stats: EngineStatsPoller | None = None,
         *,
         kv_weight: float = 0.0,
     ) -> None:
@@ -101,7 +98,6 @@ class AdmissionScheduler:
         self.registry = registry
         self.router = router
         self.metrics = metrics
-        self.stats = stats
         self.kv_weight = kv_weight
         # model -> lane -> heap of (virtual finish, order, ticket)
         self._queues: dict[str, dict[str, list[tuple[float, int, Ticket]]]] = defaultdict(
@@ -113,29 +109,28 @@ class AdmissionScheduler:
         self._targets: dict[str, int] = {}
         self._documents: dict[tuple[str, str], Ticket] = {}
         self._queued = 0
-        self._task: asyncio.Task[None] | None = None
+        self._ticks = Periodic(
+            "admission tick",
+            self._tick,
+            config.stats_interval_s,
+            logger=logger,
+            first_at_once=False,
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._tick_forever())
+        self._ticks.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._ticks.stop()
 
-    async def _tick_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.stats_interval_s)
-            try:
-                self._adapt()
-                for model in list(self._queues):
-                    self._dispatch(model)
-            except Exception:
-                logger.exception("admission tick failed")
+    async def _tick(self) -> None:
+        """Adapt the in-flight targets to the engines' load, then dispatch what
+        the new targets allow."""
+        self._adapt()
+        for model in list(self._queues):
+            self._dispatch(model)
 
     # ------------------------------------------------------------------ capacity
 
@@ -147,13 +142,11 @@ class AdmissionScheduler:
 
     def load(self, replica: ReplicaInfo) -> float:
         """Work at a replica: what its engine runs and queues (other gateways'
-        requests too, polled), or what we have in flight there if that is
-        more (fresher), plus KV-cache pressure."""
+        requests too, as its replica last read it), or what we have in flight
+        there if that is more (fresher), plus KV-cache pressure."""
         ours = float(self.inflight(replica.replica_id))
-        stats = self.stats.stats.get(replica.replica_id) if self.stats else None
-        if stats is None:
-            return ours
-        return max(ours, stats.running + stats.waiting) + self.kv_weight * stats.kv_cache_usage
+        engine = replica.running + replica.waiting
+        return max(ours, engine) + self.kv_weight * replica.kv_cache_usage
 
     def _adapt(self) -> None:
         """Shrink a replica's target while its engine queues or runs out of KV
@@ -162,11 +155,10 @@ class AdmissionScheduler:
         for replica in self.registry.all():
             rid = replica.replica_id
             target = self.target(rid)
-            stats = self.stats.stats.get(rid) if self.stats else None
-            if self.config.adaptive and stats is not None:
-                if stats.waiting > 0 or stats.kv_cache_usage > 0.95:
+            if self.config.adaptive:
+                if replica.waiting > 0 or replica.kv_cache_usage > 0.95:
                     target = max(1, target - 1)
-                elif self.inflight(rid) >= target and stats.kv_cache_usage < 0.85:
+                elif self.inflight(rid) >= target and replica.kv_cache_usage < 0.85:
                     target = min(4 * base, target + 1)
             self._targets[rid] = target
             self.metrics.replica_inflight_target.labels(replica=rid).set(target)

@@ -1,4 +1,13 @@
-"""The OpenAI-compatible HTTP gateway."""
+"""The HTTP protocols: the OpenAI API and the code routes, declared once in
+the route table (``routes``) and served by one ASGI app (``gateway``) behind
+the front door (keys, limits, audit, metrics). Request and answer models are
+pydantic (``protocol``, ``code_protocol``); every answer is built in
+``responses``. Client protocols other than OpenAI's are thin fronts here that
+map onto the same serving calls.
+
+It may import every layer below it: ``serving.tasks``, ``serving.admission``,
+``serving.upstream``, ``serving.observability``, config and the leaves.
+"""
 
 from serving.api.app import build_app
 

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from serving.api.protocol import Usage
+
 
 def _utf8(value: str | None) -> str | None:
     """JSON may carry lone surrogates (\\ud800); they are not text we can run or show."""
@@ -54,15 +56,21 @@ class CodeCompletionRequest(_CodeRequest):
     _text = field_validator("prefix", "suffix")(_utf8)
 
 
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+class CodeCompletionChunk(BaseModel):
+    """One piece of a streamed /v1/code/completions answer (the last chunk is
+    the whole answer's fields, without its text, as ``code.completion.chunk``)."""
+
+    id: str
+    object: Literal["code.completion.chunk"] = "code.completion.chunk"
+    created: int
+    model: str
+    text: str
+    finish_reason: None = None
 
 
 class CodeCompletionResponse(BaseModel):
     id: str
-    object: Literal["code.completion"] = "code.completion"
+    object: Literal["code.completion", "code.completion.chunk"] = "code.completion"
     created: int
     model: str
     text: str

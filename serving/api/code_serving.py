@@ -6,10 +6,8 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from fastapi.responses import JSONResponse, Response
-
-from serving.admission.context import RequestContext
 from serving.api.code_protocol import (
+    CodeCompletionChunk,
     CodeCompletionRequest,
     CodeCompletionResponse,
     CodeRepairRequest,
@@ -18,23 +16,20 @@ from serving.api.code_protocol import (
     CodeTestsResponse,
     LineRange,
     TestFailureInfo,
-    Usage,
 )
-from serving.api.disconnect import EventStreamResponse
-from serving.api.serving import resolve_model
-from serving.api.sse import DONE, guarded_stream, sse_event
+from serving.api.openai_serving import resolve_model
+from serving.api.protocol import Usage
+from serving.api.responses import DONE, Answer, EventStream, guarded, json_answer, sse_event
 from serving.config import TasksConfig
-from serving.engines.dispatch import REPLICA_HEADER
-from serving.engines.registry import ModelStatus, ReplicaRegistry
 from serving.errors import BadRequestError
+from serving.request_context import RequestContext
 from serving.sandbox import Sandbox
 from serving.tasks.completion import CodeCompleter
 from serving.tasks.languages import UnsupportedLanguage, resolve_language
 from serving.tasks.postprocess import choose_mode
 from serving.tasks.repair import Repairer
 from serving.tasks.testgen import TestWriter
-
-_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+from serving.upstream.registry import ModelStatus, ReplicaRegistry
 
 
 class CodeServing:
@@ -90,7 +85,7 @@ class CodeServing:
 
     # ------------------------------------------------------------------ completion
 
-    async def completion(self, request: CodeCompletionRequest, ctx: RequestContext) -> Response:
+    async def completion(self, request: CodeCompletionRequest, ctx: RequestContext) -> Answer:
         status = self._model(request.model)
         ctx.model = status.name
         ctx.prompt_text = request.prefix
@@ -122,7 +117,6 @@ class CodeServing:
         if request.seed is not None:
             sampling["seed"] = request.seed
         run = await self.completer.start(prepared, sampling, ctx=ctx)
-        headers = {REPLICA_HEADER: run.replica.replica_id}
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         ctx.response_id = completion_id
         ctx.language = language
@@ -141,44 +135,31 @@ class CodeServing:
                 language=language,
                 fim="native" if prepared.fim_mode == "native" else "prefix-only",
                 prompt_trimmed=prepared.trimmed,
-                usage=Usage(
-                    prompt_tokens=run.prompt_tokens,
-                    completion_tokens=run.completion_tokens,
-                    total_tokens=run.prompt_tokens + run.completion_tokens,
-                ),
+                usage=Usage.of(run.prompt_tokens, run.completion_tokens),
             )
 
         if not request.stream:
             async for _ in run.deltas():
                 pass
             ctx.completion_text = run.texts[0]
-            return JSONResponse(
-                answer(run.texts[0], run.finish_reasons[0]).model_dump(), headers=headers
-            )
+            return json_answer(answer(run.texts[0], run.finish_reasons[0]))
 
         async def events() -> AsyncIterator[bytes]:
             finish = "stop"
             async for delta in run.deltas():
                 if delta.text:
-                    yield sse_event(
-                        {
-                            "id": completion_id,
-                            "object": "code.completion.chunk",
-                            "created": created,
-                            "model": status.name,
-                            "text": delta.text,
-                            "finish_reason": None,
-                        }
+                    chunk = CodeCompletionChunk(
+                        id=completion_id, created=created, model=status.name, text=delta.text
                     )
+                    yield sse_event(chunk.model_dump_json().encode())
                 if delta.finish_reason:
                     finish = delta.finish_reason
             ctx.completion_text = run.texts[0]
-            final = answer("", finish).model_dump()
-            final["object"] = "code.completion.chunk"
-            yield sse_event(final)
+            final = answer("", finish).model_copy(update={"object": "code.completion.chunk"})
+            yield sse_event(final.model_dump_json().encode())
             yield DONE
 
-        return EventStreamResponse(guarded_stream(events()), headers={**headers, **_STREAM_HEADERS})
+        return EventStream(guarded(events()))
 
     # ------------------------------------------------------------------ repair
 
@@ -223,11 +204,7 @@ class CodeServing:
             syntax_ok=best.syntax_ok,
             candidates_tried=result.tried,
             test_output=best.report.output if best.report else None,
-            usage=Usage(
-                prompt_tokens=result.prompt_tokens,
-                completion_tokens=result.completion_tokens,
-                total_tokens=result.prompt_tokens + result.completion_tokens,
-            ),
+            usage=Usage.of(result.prompt_tokens, result.completion_tokens),
         )
 
     # ------------------------------------------------------------------ tests
@@ -262,11 +239,7 @@ class CodeServing:
             ctx=ctx,
         )
         ctx.usage(result.prompt_tokens, result.completion_tokens)
-        usage = Usage(
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            total_tokens=result.prompt_tokens + result.completion_tokens,
-        )
+        usage = Usage.of(result.prompt_tokens, result.completion_tokens)
         best = result.best
         ctx.language = language
         if best is None or best.report is None:

@@ -1,6 +1,6 @@
 """Noticing that a client left, so work stops at once: before the answer
 begins (``unless_disconnected``) and while a stream is relayed
-(``EventStreamResponse``).
+(``serving.api.responses.EventStream``).
 
 Both watch with one small task that waits for ``http.disconnect`` and then
 cancels the request's own task, instead of running the work in tasks of its
@@ -14,8 +14,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-
-from fastapi.responses import StreamingResponse
 
 T = TypeVar("T")
 
@@ -31,7 +29,7 @@ async def _until_disconnect(receive: Any) -> None:
             return
 
 
-class _DisconnectWatch:
+class DisconnectWatch:
     """Cancels the current task when the client disconnects, until closed.
 
     ``left`` tells the caller that a CancelledError was ours (then it calls
@@ -66,7 +64,7 @@ async def unless_disconnected(receive: Callable[[], Awaitable[Any]], work: Await
     """Run ``work``; if the client disconnects first (``receive``, the ASGI
     channel, says so), cancel it (which closes the engine connection, and vLLM
     aborts the request) and raise."""
-    watch = _DisconnectWatch(receive)
+    watch = DisconnectWatch(receive)
     try:
         return await work
     except asyncio.CancelledError:
@@ -78,36 +76,4 @@ async def unless_disconnected(receive: Callable[[], Awaitable[Any]], work: Await
         watch.close()
 
 
-class EventStreamResponse(StreamingResponse):
-    """A server-sent event stream, relayed chunk by chunk as it comes.
-
-    When the client leaves, the relay stops at once: the chunk iterator is
-    closed, so its cleanup runs (closing the engine connection makes vLLM
-    abort the request)."""
-
-    media_type = "text/event-stream"
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-        watch = _DisconnectWatch(receive)
-        try:
-            async for chunk in self.body_iterator:
-                if not isinstance(chunk, bytes | memoryview):
-                    chunk = chunk.encode(self.charset)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            watch.close()  # the end of the response wakes the watcher too
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except asyncio.CancelledError:
-            if not watch.left:
-                raise
-            watch.absorb()
-        finally:
-            watch.close()
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-
-__all__ = ["ClientDisconnected", "EventStreamResponse", "unless_disconnected"]
+__all__ = ["ClientDisconnected", "DisconnectWatch", "unless_disconnected"]

@@ -2,6 +2,10 @@
 
 Requests are strict: unknown fields are refused (as OpenAI does: "Unrecognized
 request argument supplied"), wrong types are refused rather than coerced.
+Answers the gateway writes itself (fill-in-the-middle completions and their
+stream chunks, usage, the model list) are built from these models only; the
+error envelope is ``serving.errors.ErrorResponse`` (the Ray side answers with
+it too). Answers relayed from vLLM pass through as vLLM wrote them.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serving.errors import ErrorResponse
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 TokenId = Annotated[int, Field(ge=0)]
@@ -124,17 +130,42 @@ class ChatCompletionRequest(_SamplingFields):
         return self.max_completion_tokens or self.max_tokens
 
 
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
 
 
-class ErrorResponse(BaseModel):
-    """OpenAI's error envelope."""
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: str | None
 
-    error: ErrorBody
+
+class Completion(BaseModel):
+    """A /v1/completions answer, or one chunk of its stream (the last chunk
+    of a stream that asked for usage has no choices and the usage)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+    def json_bytes(self) -> bytes:
+        """As OpenAI writes it: a stream chunk without usage has no usage key."""
+        exclude = {"usage"} if self.usage is None else None
+        return self.model_dump_json(exclude=exclude).encode()
 
 
 class ModelCard(BaseModel):
@@ -158,3 +189,15 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+__all__ = [
+    "ChatCompletionRequest",
+    "Completion",
+    "CompletionChoice",
+    "CompletionRequest",
+    "ErrorResponse",
+    "ModelCard",
+    "ModelList",
+    "Usage",
+]

@@ -1,16 +1,25 @@
-"""Thin routes: parse, hand to the serving logic, return."""
+"""The route table: one declaration per route, read by everything that needs
+to know about routes.
+
+A :class:`Route` says its method and path, who may call it, the request model
+of its body, the serving call that answers it, and, for a model task, the task
+(the metrics' ``task`` label; metered by the quotas), its admission lane, and
+whether its answers are tracked for suggestion events. The gateway app routes
+by it, the front door authenticates and meters by it, the access log quiets
+probes by it, OpenAPI is generated from it, and the 404 message lists it.
+Adding a route is adding one declaration here (and its serving call).
+"""
 
 from __future__ import annotations
 
-import time
+import enum
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
-from serving.admission.context import context_of
+from serving.api.admin import AdminServing, ScaleRequest
 from serving.api.code_protocol import (
     CodeCompletionRequest,
     CodeCompletionResponse,
@@ -22,183 +31,158 @@ from serving.api.code_protocol import (
     SuggestionEventResponse,
 )
 from serving.api.code_serving import CodeServing
-from serving.api.disconnect import unless_disconnected
-from serving.api.feedback import SuggestionFeedback
-from serving.api.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    ErrorResponse,
-    ModelCard,
-    ModelList,
-)
-from serving.api.serving import OpenAIServing
-from serving.api.state import GatewayState
-from serving.engines.registry import ReplicaRegistry
-from serving.engines.stats import EngineStatsPoller
-from serving.errors import BadRequestError
-from serving.observability.metrics import GatewayMetrics
-
-_ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 413, 429, 500, 502, 503)
-}
+from serving.api.openai_serving import OpenAIServing
+from serving.api.protocol import ChatCompletionRequest, Completion, CompletionRequest, ModelList
+from serving.api.status import StatusServing
+from serving.api.suggestion_events import SuggestionEvents
+from serving.config import Lane
 
 
-def openai_router(serving: OpenAIServing, registry: ReplicaRegistry) -> APIRouter:
-    router = APIRouter()
-    started = int(time.time())
-
-    @router.get("/v1/models", response_model=ModelList)
-    async def list_models() -> ModelList:
-        return ModelList(
-            data=[
-                ModelCard(
-                    id=m.name,
-                    created=started,
-                    max_model_len=m.max_model_len,
-                    replicas_ready=m.replicas_ready,
-                    replicas_total=m.replicas_total,
-                    chat=m.has_chat_template,
-                    fim=m.fim_template,
-                    fim_mode="native" if m.fim_template != "none" else "prefix-only",
-                )
-                for m in registry.models()
-            ]
-        )
-
-    @router.post("/v1/completions", responses=_ERRORS)
-    async def create_completion(body: CompletionRequest, request: Request) -> Response:
-        ctx = context_of(request.scope)
-        return await unless_disconnected(request.receive, serving.completions(body, ctx))
-
-    @router.post("/v1/chat/completions", responses=_ERRORS)
-    async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
-        ctx = context_of(request.scope)
-        return await unless_disconnected(request.receive, serving.chat(body, ctx))
-
-    return router
+class Access(enum.Enum):
+    OPEN = "open"  # no key (probes: /health, /ready)
+    KEY = "key"  # any valid API key
+    ADMIN = "admin"  # admin keys only
 
 
-def code_router(code: CodeServing, feedback: SuggestionFeedback) -> APIRouter:
-    router = APIRouter()
-
-    @router.post("/v1/code/events", responses=_ERRORS | {409: {"model": ErrorResponse}})
-    async def suggestion_event(
-        body: SuggestionEventRequest, request: Request
-    ) -> SuggestionEventResponse:
-        """Report that a completion was shown, accepted or dismissed (same key)."""
-        return await feedback.report(body, context_of(request.scope))
-
-    @router.post(
-        "/v1/code/completions",
-        responses={**_ERRORS, 200: {"model": CodeCompletionResponse}},
-        response_model=None,
-    )
-    async def code_completion(body: CodeCompletionRequest, request: Request) -> Response:
-        """Completion at the cursor: FIM prompt, post-processed to the line/block."""
-        return await unless_disconnected(
-            request.receive, code.completion(body, context_of(request.scope))
-        )
-
-    @router.post("/v1/code/repairs", responses=_ERRORS)
-    async def code_repair(body: CodeRepairRequest, request: Request) -> CodeRepairResponse:
-        """Fix code given its error; candidates checked, verified against a test."""
-        return await unless_disconnected(
-            request.receive, code.repair(body, context_of(request.scope))
-        )
-
-    @router.post("/v1/code/tests", responses=_ERRORS)
-    async def code_tests(body: CodeTestsRequest, request: Request) -> CodeTestsResponse:
-        """Unit tests for the code, run against it in the sandbox."""
-        return await unless_disconnected(
-            request.receive, code.tests(body, context_of(request.scope))
-        )
-
-    return router
+# A serving call: (request model, ctx) for routes with a body, (ctx) without;
+# it returns an answer (serving.api.responses) or a pydantic model (200 JSON).
+ServeCall = Callable[..., Awaitable[Any]]
 
 
-class ScaleRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    group: str = Field(min_length=1, description="Replica group to scale.")
-    replicas: int = Field(ge=0, le=1024, description="Replicas the group should have.")
-
-
-def admin_router(registry: ReplicaRegistry) -> APIRouter:
-    """Runtime administration (admin keys only; the middleware checks the role)."""
-    router = APIRouter(prefix="/v1/admin")
-    source = registry.source
-
-    @router.get("/replicas")
-    async def replicas() -> dict[str, Any]:
-        """Replica groups and every replica's state and load (never secrets)."""
-        groups = await source.groups() if hasattr(source, "groups") else []
-        return {
-            "groups": groups,
-            "replicas": [
-                {
-                    "id": r.replica_id,
-                    "group": r.group,
-                    "model": r.model,
-                    "state": r.state.value,
-                    "message": r.message,
-                    "running": r.running,
-                    "waiting": r.waiting,
-                }
-                for r in registry.all()
-            ],
-        }
-
-    @router.post("/replicas")
-    async def scale(body: ScaleRequest) -> dict[str, Any]:
-        """Add or remove replicas of a group without a restart (removal drains first)."""
-        if not hasattr(source, "scale"):
-            raise BadRequestError("This gateway has no Ray controller to scale.")
-        try:
-            return dict(await source.scale(body.group, body.replicas))
-        except Exception as exc:  # the controller's ValueError comes wrapped by Ray
-            cause = getattr(exc, "cause", None) or exc
-            if isinstance(cause, ValueError):
-                raise BadRequestError(str(cause), param="group") from None
-            raise
-
-    return router
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    serve: ServeCall
+    summary: str
+    access: Access = Access.KEY
+    request: type[BaseModel] | None = None  # the JSON body's model
+    response: type[BaseModel] | None = None  # the 200 answer's model (OpenAPI)
+    task: str | None = None  # a model task: metered, labelled, queued in `lane`
+    lane: Lane = "completion"
+    tracked: bool = False  # answers may be reported on (POST /v1/code/events)
+    quiet: bool = False  # probes and scrapes: access-logged at debug level
+    streams: bool = False  # may answer with an event stream (OpenAPI)
+    in_schema: bool = True  # listed in /openapi.json
+    errors: tuple[int, ...] = field(default=())  # error statuses it answers (OpenAPI)
 
 
-def metrics_router(metrics: GatewayMetrics, stats: EngineStatsPoller) -> APIRouter:
-    router = APIRouter()
+class RouteTable:
+    """The routes, looked up by method and path."""
 
-    @router.get("/metrics", include_in_schema=False)
-    async def prometheus() -> Response:
-        """Prometheus metrics (admin key on the main port; open on metrics_port)."""
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self.routes = tuple(routes)
+        self._by_key: dict[tuple[str, str], Route] = {}
+        self._methods: dict[str, list[str]] = {}
+        for route in self.routes:
+            if (route.method, route.path) in self._by_key:
+                raise ValueError(f"{route.method} {route.path} is declared twice")
+            self._by_key[(route.method, route.path)] = route
+            self._methods.setdefault(route.path, []).append(route.method)
+            if route.method == "GET":  # HEAD: a GET without its body
+                self._by_key[("HEAD", route.path)] = route
+                self._methods[route.path].append("HEAD")
 
-    @router.get("/metrics/engines", include_in_schema=False)
-    def engine_metrics() -> Response:
-        """Every replica's own vLLM metrics, labelled ``replica``, as last polled
-        (the engines' API stays unreachable). A plain ``def``: the relabelling runs
-        in the thread pool, off the event loop."""
-        return Response(stats.render_engine_metrics(), media_type=CONTENT_TYPE_LATEST)
+    def match(self, method: str, path: str) -> Route | None:
+        return self._by_key.get((method, path))
 
-    return router
+    def methods(self, path: str) -> list[str]:
+        """The methods ``path`` answers (empty: no such route)."""
+        return self._methods.get(path, [])
+
+    def access_of(self, path: str) -> Access:
+        """Who may learn that ``path`` exists: its routes' access (a wrong
+        method), else a key (an unknown path is answered only to a caller
+        with a valid key)."""
+        for method in self._methods.get(path, ()):
+            return self._by_key[(method, path)].access
+        return Access.KEY
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The model tasks, in declaration order (the metrics' task label values,
+        with ``other``)."""
+        return tuple(dict.fromkeys(r.task for r in self.routes if r.task))
+
+    def unknown_route_message(self) -> str:
+        listed = [r.path for r in self.routes if r.in_schema and r.access is Access.KEY]
+        paths = list(dict.fromkeys(listed))
+        return f"Unknown route. See {', '.join(paths[:-1])} and {paths[-1]}."
 
 
-def health_router(registry: ReplicaRegistry, state: GatewayState) -> APIRouter:
-    router = APIRouter()
+@dataclass(frozen=True)
+class GatewayServices:
+    """The serving objects the routes call (built by the app factory)."""
 
-    @router.get("/health")
-    async def health() -> dict[str, str]:
-        """The gateway process is alive."""
-        return {"status": "ok"}
+    openai: OpenAIServing
+    code: CodeServing
+    events: SuggestionEvents
+    status: StatusServing
+    admin: AdminServing
+    openapi: ServeCall
 
-    @router.get("/ready")
-    async def ready() -> JSONResponse:
-        """At least one replica can serve."""
-        replicas = {r.replica_id: r.state.value for r in registry.all()}
-        is_ready = registry.any_ready() and not state.draining
-        status = "draining" if state.draining else ("ready" if is_ready else "not_ready")
-        return JSONResponse(
-            {"status": status, "replicas": replicas},
-            status_code=200 if is_ready else 503,
-        )
 
-    return router
+_INVALID = (400, 401, 403, 404, 413, 429)
+_MODEL_ERRORS = (*_INVALID, 500, 502, 503)
+
+
+def gateway_routes(s: GatewayServices) -> RouteTable:
+    return RouteTable(
+        [
+            Route("GET", "/health", s.status.health, "The gateway process is alive.",
+                  access=Access.OPEN, quiet=True),
+            Route("GET", "/ready", s.status.ready, "At least one replica can serve.",
+                  access=Access.OPEN, quiet=True, errors=(503,)),
+            Route("GET", "/metrics", s.status.metrics,
+                  "Prometheus metrics (admin key on the main port; open on metrics_port).",
+                  access=Access.ADMIN, quiet=True, in_schema=False),
+            Route("GET", "/metrics/engines", s.status.engine_metrics,
+                  "Every replica's own vLLM metrics, labelled `replica`.",
+                  access=Access.ADMIN, quiet=True, in_schema=False),
+            Route("GET", "/openapi.json", s.openapi, "This API's OpenAPI document.",
+                  in_schema=False),
+            Route("GET", "/v1/models", s.status.models, "The served models.",
+                  response=ModelList, errors=(401, 403)),
+            Route("POST", "/v1/completions", s.openai.completions,
+                  "Text completion; with `suffix`, fill-in-the-middle in the model's format.",
+                  request=CompletionRequest, response=Completion, task="completion",
+                  lane="completion", tracked=True, streams=True, errors=_MODEL_ERRORS),
+            Route("POST", "/v1/chat/completions", s.openai.chat, "Chat completion.",
+                  request=ChatCompletionRequest, task="chat", lane="completion",
+                  tracked=True, streams=True, errors=_MODEL_ERRORS),
+            Route("POST", "/v1/code/completions", s.code.completion,
+                  "Completion at the cursor: FIM prompt, post-processed to the line/block.",
+                  request=CodeCompletionRequest, response=CodeCompletionResponse,
+                  task="code_completion", lane="completion", tracked=True, streams=True,
+                  errors=_MODEL_ERRORS),
+            Route("POST", "/v1/code/repairs", s.code.repair,
+                  "Fix code given its error; candidates checked, verified against a test.",
+                  request=CodeRepairRequest, response=CodeRepairResponse, task="repair",
+                  lane="repair", tracked=True, errors=_MODEL_ERRORS),
+            Route("POST", "/v1/code/tests", s.code.tests,
+                  "Unit tests for the code, run against it in the sandbox.",
+                  request=CodeTestsRequest, response=CodeTestsResponse, task="tests",
+                  lane="tests", tracked=True, errors=_MODEL_ERRORS),
+            Route("POST", "/v1/code/events", s.events.report,
+                  "Report that a completion was shown, accepted or dismissed (same key).",
+                  request=SuggestionEventRequest, response=SuggestionEventResponse,
+                  errors=(*_INVALID, 409)),
+            Route("GET", "/v1/admin/replicas", s.admin.replicas,
+                  "Replica groups and every replica's state and load (never secrets).",
+                  access=Access.ADMIN, errors=(401, 403)),
+            Route("POST", "/v1/admin/replicas", s.admin.scale,
+                  "Add or remove replicas of a group without a restart (removal drains first).",
+                  access=Access.ADMIN, request=ScaleRequest, errors=(400, 401, 403)),
+        ]
+    )  # fmt: skip
+
+
+def metrics_routes(status: StatusServing) -> RouteTable:
+    """The internal metrics port: /metrics and /metrics/engines without a key."""
+    return RouteTable(
+        [
+            Route("GET", "/metrics", status.metrics, "Prometheus metrics.", access=Access.OPEN),
+            Route("GET", "/metrics/engines", status.engine_metrics, "The engines' metrics.",
+                  access=Access.OPEN),
+        ]
+    )  # fmt: skip

@@ -3,15 +3,20 @@
 Every field has a description and a validator; unknown (renamed, misspelled)
 keys fail loudly. The pydantic defaults *are* the embedded default
 (``deploy/config/cpu-demo.yaml`` spells them out).
+
+A leaf: it imports only ``serving.errors``, ``serving.paths`` and
+``serving.fim_templates``, so every layer, the Ray actors included, can read it.
 """
 
 from serving.config._admission import (
+    LANES,
     AdmissionConfig,
     AuditConfig,
     AuthConfig,
     Lane,
     LimitsConfig,
     QuotaConfig,
+    check_cidrs,
 )
 from serving.config._engines import (
     MANAGED_ENGINE_ARGS,
@@ -35,6 +40,7 @@ from serving.config._scaling import (
 
 __all__ = [
     "ENV_PREFIX",
+    "LANES",
     "MANAGED_ENGINE_ARGS",
     "AdmissionConfig",
     "AuditConfig",
@@ -58,6 +64,7 @@ __all__ = [
     "TasksConfig",
     "TelemetryConfig",
     "TimeoutsConfig",
+    "check_cidrs",
     "dump_config",
     "load_config",
 ]

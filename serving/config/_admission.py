@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 
 from serving.config._base import Strict
 from serving.paths import seed_serve_home
 
+# The admission queue's priority classes, highest first: every route names
+# one (serving.api.routes), the queue serves them in this order.
 Lane = Literal["completion", "repair", "tests"]
+LANES: tuple[Lane, ...] = get_args(Lane)
 
 
-def _cidrs(values: list[str]) -> list[str]:
+def check_cidrs(values: list[str]) -> list[str]:
+    """Each value an IP network (a CIDR, or a bare address)."""
     for value in values:
         try:
             ipaddress.ip_network(value, strict=False)
@@ -49,7 +53,7 @@ class AuthConfig(Strict):
         description="Proxies whose X-Forwarded-For is believed (empty: the header is ignored).",
     )
 
-    _check = field_validator("allowed_cidrs", "trusted_proxies")(_cidrs)
+    _check = field_validator("allowed_cidrs", "trusted_proxies")(check_cidrs)
 
 
 class AuditConfig(Strict):
@@ -135,7 +139,7 @@ class AdmissionConfig(Strict):
         default=60.0, gt=0, le=3600, description="Longest wait in the queue before a 503."
     )
     lane_priority: dict[str, int] = Field(
-        default_factory=lambda: {"completion": 0, "repair": 1, "tests": 2},
+        default_factory=lambda: {str(lane): rank for rank, lane in enumerate(LANES)},
         description="vLLM request priority of each lane (lower runs first).",
     )
     supersede: bool = Field(
@@ -146,13 +150,13 @@ class AdmissionConfig(Strict):
         default=1.0,
         gt=0,
         le=60,
-        description="How often engine load is read (off the request path).",
+        description="How often each replica's in-flight target adapts to its engine's load "
+        "(off the request path).",
     )
 
     @field_validator("lane_priority")
     @classmethod
     def _every_lane(cls, value: dict[str, int]) -> dict[str, int]:
-        lanes = {"completion", "repair", "tests"}
-        if set(value) != lanes:
-            raise ValueError(f"give exactly the lanes {', '.join(sorted(lanes))}")
+        if set(value) != set(LANES):
+            raise ValueError(f"give exactly the lanes {', '.join(sorted(LANES))}")
         return value

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from serving.config._base import MODEL_NAME_PATTERN, NAME_PATTERN, Strict
 from serving.config._scaling import AutoscalingConfig
+from serving.fim_templates import template_names
 from serving.paths import demo_model_dir
 
 # Engine arguments that Seed Serve sets itself: passing them through
@@ -147,8 +148,6 @@ class EngineConfig(Strict):
     @field_validator("fim_template")
     @classmethod
     def _known_template(cls, value: str) -> str:
-        from serving.tasks.fim import template_names
-
         if value not in template_names():
             raise ValueError(f"unknown template {value!r}; known: {', '.join(template_names())}")
         return value

@@ -4,14 +4,19 @@ Names start with ``seed_serve_``; counters end in ``_total``, durations are
 ``_seconds`` histograms with buckets fit for code completion (fine-grained
 from 5 ms). Labels are bounded: task, model, tenant (configured tenants),
 lane, status, replica, reason, language, event, outcome; never users or keys.
-Each gateway app owns its own registry (no module-level state).
+Each gateway app owns its own registry (no module-level state). The task
+label's values are the tasks of the gateway's route table (and ``other``).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from serving.engine_link.replica_info import ENGINE_UP_STATES, ReplicaInfo, ReplicaState
 
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
@@ -21,7 +26,6 @@ TOKEN_LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0,
 )  # fmt: skip
 
-TASKS = ("completion", "chat", "code_completion", "repair", "tests", "other")
 REJECTION_REASONS = ("auth", "forbidden", "quota", "backpressure", "invalid", "draining")
 CANCEL_REASONS = ("disconnect", "superseded", "timeout")
 SUGGESTION_EVENTS = ("shown", "accepted", "dismissed")
@@ -31,6 +35,7 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._replicas_exported: set[tuple[str, str]] = set()
         r = self.registry
         self.requests = Counter(
             "seed_serve_requests_total",
@@ -190,6 +195,36 @@ class GatewayMetrics:
         if child is None:
             child = self._children[key] = metric.labels(*values)
         return child
+
+    def export_replicas(self, replicas: list[ReplicaInfo], is_ready: Callable[[str], bool]) -> None:
+        """The per-replica gauges from the replica list (each refresh); the
+        series of replicas that are gone are dropped."""
+        current: set[tuple[str, str]] = set()
+        for replica in replicas:
+            rid = replica.replica_id
+            current.add((rid, replica.model))
+            self.replica_up.labels(replica=rid, model=replica.model).set(
+                1 if replica.state in ENGINE_UP_STATES else 0
+            )
+            self.replica_ready.labels(replica=rid, model=replica.model).set(
+                1 if is_ready(rid) else 0
+            )
+            if replica.state is ReplicaState.READY:
+                self.replica_running.labels(replica=rid).set(replica.running)
+                self.replica_waiting.labels(replica=rid).set(replica.waiting)
+                self.replica_kv_usage.labels(replica=rid).set(replica.kv_cache_usage)
+                self.replica_prefix_hit.labels(replica=rid).set(replica.prefix_hit_ratio)
+        present = {rid for rid, _ in current}
+        for rid, model in self._replicas_exported - current:
+            for gauge in (self.replica_up, self.replica_ready):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(rid, model)
+            if rid not in present:
+                for gauge in (self.replica_running, self.replica_waiting, self.replica_kv_usage,
+                              self.replica_prefix_hit, self.replica_inflight_target):  # fmt: skip
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(rid)
+        self._replicas_exported = current
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,12 +14,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from serving.config import SandboxConfig
 from serving.errors import ServiceUnavailableError
-from serving.observability.metrics import GatewayMetrics
 from serving.sandbox._isolation import Isolation, PidsCgroup, detect_isolation
 
 logger = logging.getLogger("seed_serve.sandbox")
@@ -43,6 +43,17 @@ class SandboxResult:
     def signal(self) -> int | None:
         return -self.exit_code if self.exit_code is not None and self.exit_code < 0 else None
 
+    @property
+    def outcome(self) -> str:
+        """ok, failed (non-zero exit), killed (by a signal, e.g. a limit) or timeout."""
+        if self.timed_out:
+            return "timeout"
+        if self.exit_code == 0:
+            return "ok"
+        if self.exit_code is not None and self.exit_code < 0:
+            return "killed"
+        return "failed"
+
 
 class Sandbox:
     def __init__(
@@ -50,10 +61,10 @@ class Sandbox:
         config: SandboxConfig,
         *,
         python: str | None = None,
-        metrics: GatewayMetrics | None = None,
+        on_run: Callable[[SandboxResult], None] | None = None,
     ) -> None:
         self.config = config
-        self.metrics = metrics
+        self.on_run = on_run  # told of every run (the gateway counts their outcomes)
         self.python = python or sys.executable
         self.isolation: Isolation | None
         self.isolation, self.note = detect_isolation(
@@ -98,16 +109,8 @@ class Sandbox:
         isolation = self.require()
         async with self._slots:
             result = await asyncio.to_thread(self._run, isolation, files, args, collect, env or {})
-        if self.metrics is not None:
-            if result.timed_out:
-                outcome = "timeout"
-            elif result.exit_code == 0:
-                outcome = "ok"
-            elif result.exit_code is not None and result.exit_code < 0:
-                outcome = "killed"
-            else:
-                outcome = "failed"
-            self.metrics.sandbox_runs.labels(outcome=outcome).inc()
+        if self.on_run is not None:
+            self.on_run(result)
         return result
 
     # ------------------------------------------------------------------ internals

@@ -8,28 +8,29 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.admission.context import RequestContext
+from serving.admission.dispatch import Dispatcher, EngineCall
 from serving.admission.scheduler import Superseded
 from serving.config import TasksConfig
-from serving.engines.client import EngineHTTPError
-from serving.engines.dispatch import Dispatcher, EngineCall
-from serving.engines.registry import ModelStatus, ReplicaRegistry
-from serving.engines.sse import sse_events
-from serving.engines.types import ReplicaInfo
+from serving.engine_link.replica_info import ReplicaInfo
 from serving.errors import BadRequestError, UpstreamError
-from serving.tasks.fim import fim_template, fit_to_budget
-from serving.tasks.postprocess import CompletionContext, Mode, StreamingPostProcessor
+from serving.fim_templates import fim_template
+from serving.request_context import RequestContext
+from serving.tasks.fim import fit_to_budget
+from serving.tasks.postprocess import InsertionPoint, Mode, StreamingPostProcessor
+from serving.upstream.client import EngineHTTPError
+from serving.upstream.registry import ModelStatus, ReplicaRegistry
+from serving.upstream.sse import json_events
 
 _SPECIAL_OVERHEAD = 2  # BOS and friends the engine may add
 _MIN_PROMPT_BUDGET = 8
-_DEFAULT_CONTEXT = 2048
+_DEFAULT_CONTEXT_LEN = 2048
 
 
 @dataclass(frozen=True)
 class PreparedCompletion:
     model: str
     prompt: str
-    context: CompletionContext
+    point: InsertionPoint  # where the suggestion goes (post-processing reads it)
     max_tokens: int
     stop: list[str]
     stop_token_ids: list[int]
@@ -61,11 +62,11 @@ class CompletionRun:
     finish_reasons: dict[int, str] = field(default_factory=dict)
 
     async def deltas(self) -> AsyncGenerator[ChoiceDelta, None]:
-        processors = {i: StreamingPostProcessor(self.prepared.context) for i in range(self.n)}
+        processors = {i: StreamingPostProcessor(self.prepared.point) for i in range(self.n)}
         healers = {i: _WhitespaceHealer(self.prepared.healed) for i in range(self.n)}
         self.texts = dict.fromkeys(range(self.n), "")
         try:
-            async for event in sse_events(self.call.chunks()):
+            async for event in json_events(self.call.chunks()):
                 if event.get("usage") and not event.get("choices"):
                     continue
                 for choice in event.get("choices", []):
@@ -160,7 +161,7 @@ class CodeCompleter:
     ) -> PreparedCompletion:
         template = fim_template(status.fim_template)
         counter = self.registry.token_counter(status.name)
-        context_len = status.max_model_len or _DEFAULT_CONTEXT
+        context_len = status.max_model_len or _DEFAULT_CONTEXT_LEN
         overhead = _SPECIAL_OVERHEAD + (counter.count(template.overhead_text) if template else 0)
         budget = context_len - max_tokens - overhead
         if budget < _MIN_PROMPT_BUDGET:
@@ -198,7 +199,7 @@ class CodeCompleter:
                 stop_ids.append(token_id)  # special tokens are not in the detokenized text
             else:
                 engine_stop.append(token)
-        context = CompletionContext(
+        point = InsertionPoint(
             prefix=kept_prefix + healed,
             suffix=suffix,
             language=language,
@@ -208,7 +209,7 @@ class CodeCompleter:
         return PreparedCompletion(
             model=status.name,
             prompt=prompt,
-            context=context,
+            point=point,
             max_tokens=max_tokens,
             stop=engine_stop,
             stop_token_ids=stop_ids,
@@ -240,7 +241,7 @@ class CodeCompleter:
         if prepared.stop_token_ids:
             payload["stop_token_ids"] = prepared.stop_token_ids
         if ctx is not None and ctx.affinity_text is None:
-            ctx.affinity_text = prepared.context.prefix
+            ctx.affinity_text = prepared.point.prefix
         call = await self.dispatcher.open(
             ctx,
             prepared.model,

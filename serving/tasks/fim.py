@@ -1,68 +1,11 @@
-"""Fill-in-the-middle: templates (data, per model family), rendering, token budgets."""
+"""Fill-in-the-middle token budgets: prefix and suffix trimmed at line
+boundaries to fit the model's context (the templates themselves are a leaf,
+``serving.fim_templates``)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
-from importlib import resources
-
-import yaml
-
-_PLACEHOLDER = re.compile(r"\{(prefix|suffix)\}")
-NO_FIM = "none"  # the model has no FIM format: prefix-only generation + suffix-aware trimming
-
-
-@dataclass(frozen=True)
-class FimTemplate:
-    name: str
-    description: str
-    template: str
-    tokens: tuple[str, ...]
-    stop: tuple[str, ...]
-
-    def render(self, prefix: str, suffix: str) -> str:
-        # Not str.format (code is full of braces), and one pass over the
-        # template only: "{suffix}" inside the user's code must stay as it is.
-        parts = {"prefix": prefix, "suffix": suffix}
-        return _PLACEHOLDER.sub(lambda match: parts[match.group(1)], self.template)
-
-    @property
-    def overhead_text(self) -> str:
-        """The template without prefix and suffix (what the budget must also hold)."""
-        return self.render("", "")
-
-
-@cache
-def fim_templates() -> dict[str, FimTemplate]:
-    """Every known template, by family name."""
-    text = resources.files("serving.tasks").joinpath("data/fim_templates.yaml").read_text("utf-8")
-    raw = yaml.safe_load(text)
-    return {
-        name: FimTemplate(
-            name=name,
-            description=str(entry["description"]),
-            template=str(entry["template"]),
-            tokens=tuple(entry["tokens"]),
-            stop=tuple(entry["stop"]),
-        )
-        for name, entry in raw.items()
-    }
-
-
-def fim_template(name: str) -> FimTemplate | None:
-    """The template called ``name``; None for ``none`` (no FIM)."""
-    if name == NO_FIM:
-        return None
-    return fim_templates()[name]
-
-
-def template_names() -> list[str]:
-    return [NO_FIM, *fim_templates()]
-
-
-# --------------------------------------------------------------------------- budgets
 
 CountTokens = Callable[[str], int]
 

@@ -29,7 +29,10 @@ _MIN_OVERLAP = 3  # non-blank characters an overlap needs to count as one
 
 
 @dataclass(frozen=True)
-class CompletionContext:
+class InsertionPoint:
+    """Where a suggestion is inserted: the text around the cursor, the
+    language, how far the suggestion may reach (mode) and where it stops."""
+
     prefix: str
     suffix: str
     language: str | None
@@ -182,12 +185,12 @@ def _python_block_end(text: str, prefix: str) -> int | None:
     return None
 
 
-def _brace_block_end(text: str, ctx: CompletionContext) -> int | None:
+def _brace_block_end(text: str, point: InsertionPoint) -> int | None:
     """On a line with code ("for (...) |"): the block the completion opens. On a
     blank line inside a block: the rest of that block, up to its closing brace
     (which the suffix has). On a blank line at top level: one whole definition."""
-    cursor_line_has_code = bool(ctx.prefix.rsplit("\n", 1)[-1].strip())
-    one_block = cursor_line_has_code or ctx.prefix_brace_depth <= 0
+    cursor_line_has_code = bool(point.prefix.rsplit("\n", 1)[-1].strip())
+    one_block = cursor_line_has_code or point.prefix_brace_depth <= 0
     depth = 0
     opened = False
     for index, ch in code_chars(text, BlockStyle.BRACES):
@@ -205,10 +208,10 @@ def _brace_block_end(text: str, ctx: CompletionContext) -> int | None:
     return None
 
 
-def _block_end(text: str, ctx: CompletionContext) -> int | None:
-    if ctx.style is BlockStyle.INDENT:
-        return _python_block_end(text, ctx.prefix)
-    return _brace_block_end(text, ctx)
+def _block_end(text: str, point: InsertionPoint) -> int | None:
+    if point.style is BlockStyle.INDENT:
+        return _python_block_end(text, point.prefix)
+    return _brace_block_end(text, point)
 
 
 def _significant(line: str) -> bool:
@@ -277,27 +280,27 @@ def _balance_with_suffix(text: str, suffix: str, style: BlockStyle) -> str:
         rest = rest[1:].lstrip()
 
 
-def postprocess(text: str, ctx: CompletionContext, *, final: bool = True) -> Processed:
+def postprocess(text: str, point: InsertionPoint, *, final: bool = True) -> Processed:
     """Apply every rule to the generated ``text`` (all of it so far)."""
     done = False
-    cut = _cut_at_stop(text, ctx.stop)
+    cut = _cut_at_stop(text, point.stop)
     if cut is not None:
         text, done = text[:cut], True
-    if ctx.mode == "line":
+    if point.mode == "line":
         mode_end = _line_end(text)
-    elif ctx.mode == "block":
-        mode_end = _block_end(text, ctx)
+    elif point.mode == "block":
+        mode_end = _block_end(text, point)
     else:
         mode_end = None
     if mode_end is not None:
         text, done = text[:mode_end], True
-    repeat = _suffix_line_repeat(text, ctx.suffix)
+    repeat = _suffix_line_repeat(text, point.suffix)
     if repeat is not None:
         text, done = text[:repeat], True
     if not (final or done):
         return Processed(text, False)
-    text = _drop_suffix_overlap(text, ctx.suffix)
-    text = _balance_with_suffix(text, ctx.suffix, ctx.style)
+    text = _drop_suffix_overlap(text, point.suffix)
+    text = _balance_with_suffix(text, point.suffix, point.style)
     text = text.rstrip()
     if not text.strip():
         text = ""
@@ -307,8 +310,8 @@ def postprocess(text: str, ctx: CompletionContext, *, final: bool = True) -> Pro
 class StreamingPostProcessor:
     """Feed generated deltas; get back text safe to show now (never retracted)."""
 
-    def __init__(self, ctx: CompletionContext) -> None:
-        self.ctx = ctx
+    def __init__(self, point: InsertionPoint) -> None:
+        self.point = point
         self.generated = ""
         self.emitted = ""
         self.done = False
@@ -324,10 +327,10 @@ class StreamingPostProcessor:
         if self.done:
             return ""
         self.generated += delta
-        result = postprocess(self.generated, self.ctx, final=False)
+        result = postprocess(self.generated, self.point, final=False)
         if result.done:
             self.done = True
-            return self._emit_up_to(postprocess(self.generated, self.ctx, final=True).text)
+            return self._emit_up_to(postprocess(self.generated, self.point, final=True).text)
         # Hold back the partial last line and the last complete one: later
         # tokens may still trim them (suffix overlap, brackets, stop strings).
         safe = result.text
@@ -341,7 +344,7 @@ class StreamingPostProcessor:
         if self.done:
             return ""
         self.done = True
-        return self._emit_up_to(postprocess(self.generated, self.ctx, final=True).text)
+        return self._emit_up_to(postprocess(self.generated, self.point, final=True).text)
 
     @property
     def text(self) -> str:

@@ -24,11 +24,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from serving.admission.context import RequestContext
-from serving.engines.registry import ModelStatus
+from serving.request_context import RequestContext
 from serving.sandbox import PytestReport, Sandbox, run_pytest
 from serving.tasks.completion import CodeCompleter
 from serving.tasks.validate import Change, comment_prefix, describe_change, syntax_ok
+from serving.upstream.registry import ModelStatus
 
 _LINE_IN_TRACE = re.compile(r'(?:File "([^"]*)", line (\d+))|(?:\bline (\d+)\b)')
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

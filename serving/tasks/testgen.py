@@ -17,10 +17,10 @@ import contextlib
 import warnings
 from dataclasses import dataclass
 
-from serving.admission.context import RequestContext
-from serving.engines.registry import ModelStatus
+from serving.request_context import RequestContext
 from serving.sandbox import PytestReport, Sandbox, run_pytest
 from serving.tasks.completion import CodeCompleter
+from serving.upstream.registry import ModelStatus
 
 MODULE = "solution.py"
 TEST_FILE = "test_solution.py"

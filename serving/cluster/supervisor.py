@@ -3,13 +3,13 @@
 vLLM's OpenAI server starts its engine core (and workers) as child processes.
 If the server dies first (crash, SIGKILL, or SIGTERM while still starting),
 those children are orphaned and keep their memory and CPUs. The replica actor
-therefore starts ``python -m serving.engines.supervisor -- <vllm argv>``, in a
+therefore starts ``python -m serving.cluster.supervisor -- <vllm argv>``, in a
 process group of its own, with a parent-death signal: the supervisor runs vLLM
 in its group and, whenever it stops (asked to, its actor died, or vLLM exited
 by itself), terminates every other process of the group, then exits with
 vLLM's exit code.
 
-    python -m serving.engines.supervisor --grace 15 -- python -m vllm... args
+    python -m serving.cluster.supervisor --grace 15 -- python -m vllm... args
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def supervise(argv: list[str], grace_s: float) -> int:
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.engines.supervisor")
+    parser = argparse.ArgumentParser(prog="python -m serving.cluster.supervisor")
     parser.add_argument("--grace", type=float, default=15.0, help="seconds vLLM gets to stop")
     parser.add_argument("--parent", type=int, default=None, help="exit if this pid is gone")
     parser.add_argument("argv", nargs=argparse.REMAINDER)

@@ -1,25 +1,24 @@
-"""Serving logic of POST /v1/code/events (suggestion feedback) and the hook
-that remembers every completion it may refer to."""
+"""Serving logic of POST /v1/code/events (suggestion feedback), and the hook
+that remembers every answer an event may refer to (called by the front door
+for the routes the table marks ``tracked``)."""
 
 from __future__ import annotations
 
 import logging
 
-from serving.admission.context import RequestContext
 from serving.api.code_protocol import SuggestionEventRequest, SuggestionEventResponse
 from serving.errors import BadRequestError, ConflictError, NotFoundError
 from serving.observability.metrics import GatewayMetrics
-from serving.observability.telemetry import (
-    CompletionStore,
+from serving.observability.suggestions import (
     OutcomeConflict,
-    TrackedCompletion,
+    SuggestionStore,
+    TrackedSuggestion,
 )
+from serving.request_context import RequestContext
 from serving.tasks.languages import UnsupportedLanguage, resolve_language
 
-logger = logging.getLogger("seed_serve.feedback")
+logger = logging.getLogger("seed_serve.suggestions")
 
-# Tasks whose answers a developer accepts or dismisses.
-TRACKED_TASKS = frozenset({"completion", "chat", "code_completion", "repair", "tests"})
 UNKNOWN_LANGUAGE = "unknown"  # none given
 OTHER_LANGUAGE = "other"  # given, but not one the code tasks know (markdown, yaml, ...)
 
@@ -34,8 +33,8 @@ def language_label(language: str | None) -> str:
         return OTHER_LANGUAGE
 
 
-class SuggestionFeedback:
-    def __init__(self, store: CompletionStore | None, metrics: GatewayMetrics) -> None:
+class SuggestionEvents:
+    def __init__(self, store: SuggestionStore | None, metrics: GatewayMetrics) -> None:
         self.store = store  # None: telemetry disabled
         self.metrics = metrics
 
@@ -47,10 +46,9 @@ class SuggestionFeedback:
             or ctx.response_id is None
             or ctx.status != 200
             or ctx.outcome != "ok"
-            or ctx.task not in TRACKED_TASKS
         ):
             return
-        completion = TrackedCompletion(
+        completion = TrackedSuggestion(
             key_id=ctx.key_id,
             tenant=ctx.tenant or "anonymous",
             task=ctx.task,

@@ -17,10 +17,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from serving.cluster.engine_guard import TOKEN_ENV
 from serving.config import EngineConfig
-from serving.engines.engine_guard import TOKEN_ENV
 
-GUARD_MIDDLEWARE = "serving.engines.engine_guard.EngineGuard"
+GUARD_MIDDLEWARE = "serving.cluster.engine_guard.EngineGuard"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -129,9 +129,9 @@ def spawn_engine(
 ) -> subprocess.Popen[bytes]:
     """Start the engine under its supervisor, in its own process group, logging
     to ``log_path``. The supervisor dies with this process (parent-death signal)
-    and takes every process of the engine with it (serving.engines.supervisor)."""
+    and takes every process of the engine with it (serving.cluster.supervisor)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    supervised = [sys.executable, "-m", "serving.engines.supervisor", "--grace", str(grace_s),
+    supervised = [sys.executable, "-m", "serving.cluster.supervisor", "--grace", str(grace_s),
                   "--parent", str(os.getpid()), "--", *argv]  # fmt: skip
     with open(log_path, "ab") as log:
         log.write(f"\n=== seed-serve: starting engine at {time.ctime()} ===\n".encode())

@@ -1,4 +1,4 @@
-"""What the controller, the replicas and the gateway tell each other."""
+"""What the controller, the replicas and the gateways tell each other about a replica."""
 
 from __future__ import annotations
 
@@ -18,9 +18,20 @@ class ReplicaState(str, enum.Enum):
     STOPPED = "stopped"
 
 
+# The engine process is alive in these states (it may still be loading, or draining).
+ENGINE_UP_STATES = frozenset(
+    {ReplicaState.STARTING, ReplicaState.READY, ReplicaState.UNHEALTHY, ReplicaState.DRAINING}
+)
+
+
 @dataclass
 class ReplicaInfo:
-    """One replica as the gateway sees it. ``token`` is the engine's secret."""
+    """One replica as the gateway sees it. ``token`` is the engine's secret.
+
+    The load fields are the engine's own metrics as the replica read them at
+    its last health check: the one place engine load is observed (the
+    controller publishes them, every gateway reads them with the replica list).
+    """
 
     replica_id: str
     group: str
@@ -35,12 +46,19 @@ class ReplicaInfo:
     node_ip: str = ""
     log_path: str = ""
     message: str = ""
-    running: float = 0.0  # engine's running requests at the last health check
-    waiting: float = 0.0
+    running: float = 0.0  # requests the engine runs
+    waiting: float = 0.0  # requests waiting in the engine
+    kv_cache_usage: float = 0.0  # KV-cache blocks in use, 0-1
+    prefix_hits: float = 0.0  # prefix-cache hit tokens since the engine started
+    prefix_queries: float = 0.0  # prefix-cache queried tokens since the engine started
 
     @property
     def ready(self) -> bool:
         return self.state is ReplicaState.READY
+
+    @property
+    def prefix_hit_ratio(self) -> float:
+        return self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

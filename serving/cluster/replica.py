@@ -13,12 +13,16 @@ it just stays off the token path.
 
 The engine listens on loopback (or the node's cluster address) and every one
 of its routes requires this replica's secret (``engine_guard``).
+
+The replica is the one observer of its engine's load: each health check reads
+the engine's ``/metrics``, and the load travels with the replica's info
+(controller -> gateways); the page itself is kept for ``/metrics/engines``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import os
 import secrets
 import subprocess
@@ -26,10 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
-from serving.config import HealthConfig, ReplicaGroupConfig
-from serving.engines.engine_process import (
+from serving.cluster.engine_process import (
     engine_command,
     engine_environment,
     free_port,
@@ -37,10 +38,12 @@ from serving.engines.engine_process import (
     stop_engine,
     tail,
 )
-from serving.engines.stats import EngineStats, parse_engine_metrics
-from serving.engines.types import ReplicaInfo, ReplicaState
+from serving.config import HealthConfig, ReplicaGroupConfig
+from serving.engine_link.engine_metrics import EngineLoad, parse_engine_metrics
+from serving.engine_link.http import EngineConnectionPool, EngineHTTPError
+from serving.engine_link.replica_info import ReplicaInfo, ReplicaState
+from serving.fim_templates import fim_template
 from serving.paths import logs_dir
-from serving.tasks.fim import fim_template
 
 _PROBE_TIMEOUT_S = 5.0  # start-up probes (models, chat template, FIM tokens)
 
@@ -59,7 +62,8 @@ class ReplicaActor:
         self.replica_id = replica_id
         self.group = ReplicaGroupConfig.model_validate(group_json)
         self.health = HealthConfig.model_validate(health_json or {})
-        self.stats = EngineStats()
+        self.load = EngineLoad()
+        self.metrics_page = ""  # the engine's /metrics at the last health check
         engine = self.group.engine
         self.host = self._bind_host(local_ray)
         self.port = free_port(self.host)
@@ -72,7 +76,8 @@ class ReplicaActor:
         self._failed_checks = 0
         self._passed_checks = 0
         self.fatal = False
-        self._session: aiohttp.ClientSession | None = None
+        self._http = EngineConnectionPool(connect_s=_PROBE_TIMEOUT_S, total_s=_PROBE_TIMEOUT_S)
+        self._auth = f"Authorization: Bearer {self.token}\r\n".encode()
         self._started_at = time.monotonic()
         # Started here, not in a method: when Ray restarts a dead replica it
         # runs __init__ again, and the new engine boots without anybody asking.
@@ -96,25 +101,32 @@ class ReplicaActor:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                headers={"Authorization": f"Bearer {self.token}"},
-                timeout=aiohttp.ClientTimeout(total=_PROBE_TIMEOUT_S),
-            )
-        return self._session
+    async def _call(
+        self, method: str, path: str, body: Any = None, *, timeout_s: float = _PROBE_TIMEOUT_S
+    ) -> tuple[int, bytes]:
+        """One request to the engine: (status, body); raises EngineHTTPError or TimeoutError."""
+        data = b"" if body is None else json.dumps(body).encode()
+        headers = self._auth + (b"Content-Type: application/json\r\n" if data else b"")
+        response = await self._http.request(
+            method, self.url, path, data, headers, total_s=timeout_s
+        )
+        try:
+            return response.status, await response.read()
+        finally:
+            response.release()
 
     async def _get_json(self, path: str) -> Any:
-        async with self._client().get(self.url + path) as response:
-            response.raise_for_status()
-            return await response.json(content_type=None)
+        status, raw = await self._call("GET", path)
+        if status != 200:
+            raise EngineHTTPError(f"GET {path} answered HTTP {status}")
+        return json.loads(raw)
 
     async def _healthy(self) -> bool:
         try:
-            async with self._client().get(self.url + "/health") as response:
-                return response.status == 200
-        except (TimeoutError, aiohttp.ClientError):
+            status, _ = await self._call("GET", "/health")
+        except (TimeoutError, EngineHTTPError):
             return False
+        return status == 200
 
     async def _check_fim_tokens(self) -> str:
         """Each special token of the FIM template must be one token of this model."""
@@ -128,9 +140,10 @@ class ReplicaActor:
                 "prompt": token,
                 "add_special_tokens": False,
             }
-            async with self._client().post(self.url + "/tokenize", json=body) as response:
-                response.raise_for_status()
-                ids = (await response.json())["tokens"]
+            status, raw = await self._call("POST", "/tokenize", body)
+            if status != 200:
+                raise EngineHTTPError(f"/tokenize answered HTTP {status}")
+            ids = json.loads(raw)["tokens"]
             if len(ids) != 1:
                 problems.append(f"{token!r} is {len(ids)} tokens")
         if not problems:
@@ -164,12 +177,10 @@ class ReplicaActor:
             "max_tokens": 1,
         }
         try:
-            async with self._client().post(
-                self.url + "/v1/chat/completions", json=body
-            ) as response:
-                return response.status == 200
-        except (TimeoutError, aiohttp.ClientError):
+            status, _ = await self._call("POST", "/v1/chat/completions", body)
+        except (TimeoutError, EngineHTTPError):
             return False
+        return status == 200
 
     def _exited(self) -> bool:
         if self.process.poll() is None:
@@ -214,15 +225,18 @@ class ReplicaActor:
     async def _check(self) -> bool:
         """One health check: the engine's /metrics answers in time (and gives its load)."""
         try:
-            async with self._client().get(
-                self.url + "/metrics", timeout=aiohttp.ClientTimeout(total=self.health.timeout_s)
-            ) as response:
-                if response.status != 200:
-                    return False
-                self.stats = parse_engine_metrics(await response.text())
-                return True
-        except (TimeoutError, aiohttp.ClientError):
+            status, raw = await self._call("GET", "/metrics", timeout_s=self.health.timeout_s)
+        except (TimeoutError, EngineHTTPError):
             return False
+        if status != 200:
+            return False
+        self.metrics_page = raw.decode("utf-8", "replace")
+        self.load = parse_engine_metrics(self.metrics_page)
+        return True
+
+    def engine_metrics(self) -> str:
+        """The engine's own /metrics page as read at the last health check."""
+        return self.metrics_page if self.state is ReplicaState.READY else ""
 
     async def info(self) -> dict[str, Any]:
         """Current state, after one health check of a started engine: a ready
@@ -263,15 +277,18 @@ class ReplicaActor:
             node_ip=self.host,
             log_path=str(self.log_path),
             message=self.message,
-            running=self.stats.running,
-            waiting=self.stats.waiting,
+            running=self.load.running,
+            waiting=self.load.waiting,
+            kv_cache_usage=self.load.kv_cache_usage,
+            prefix_hits=self.load.prefix_hits,
+            prefix_queries=self.load.prefix_queries,
         ).to_dict()
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until the engine has nothing running or waiting (or time is up)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if await self._check() and self.stats.running + self.stats.waiting == 0:
+            if await self._check() and self.load.running + self.load.waiting == 0:
                 return True
             await asyncio.sleep(0.2)
         return False
@@ -280,6 +297,4 @@ class ReplicaActor:
         """Stop the engine (SIGTERM, then SIGKILL of its whole process group)."""
         self.state = ReplicaState.STOPPED
         await asyncio.to_thread(stop_engine, self.process)
-        if self._session is not None:
-            with contextlib.suppress(Exception):
-                await self._session.close()
+        self._http.close()

@@ -1,4 +1,7 @@
-"""The gateway's view of the replicas, refreshed from Ray off the request path."""
+"""The gateway's view of the replicas, refreshed from their source (the Ray
+controller) off the request path: which exist, which can serve, their load
+(as their replicas last read it from the engines), each model's status and
+tokenizer."""
 
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from serving.engines.types import ReplicaInfo
-from serving.tasks.tokens import TokenCounter
+from serving.background import Periodic
+from serving.engine_link.replica_info import ReplicaInfo
+from serving.tokens import TokenCounter
 
 logger = logging.getLogger("seed_serve.registry")
 
@@ -22,16 +26,32 @@ _BYTE_COUNTER = TokenCounter(None)
 _SUSPECT_S = 5.0
 
 
+class ScalingUnavailable(Exception):
+    """This gateway's replica source cannot change the cluster (no controller)."""
+
+
 class ReplicaSource(Protocol):
-    """Where the registry learns which replicas exist."""
+    """Where the registry learns which replicas exist (and, through it, the
+    gateway reaches the cluster's controller)."""
 
     async def list_replicas(self) -> list[ReplicaInfo]: ...
 
     async def tokenizer_json(self, model: str) -> str | None: ...
 
+    async def engine_metrics(self) -> dict[str, str]:
+        """Each ready replica's engine /metrics page, by replica id."""
+
+    async def report_load(self, gateway_id: str, queued: dict[str, int]) -> None:
+        """This gateway's queued requests per model (for autoscaling)."""
+
+    async def groups(self) -> list[dict[str, Any]]: ...
+
+    async def scale(self, group: str, replicas: int) -> dict[str, Any]:
+        """Raises ScalingUnavailable, or ValueError for an unknown group."""
+
 
 class RayControllerSource:
-    """Asks the controller actor (its cached list: no engine round trip)."""
+    """Asks the controller actor (its cached state: no engine round trip)."""
 
     def __init__(self, controller: Any) -> None:
         self.controller = controller
@@ -44,19 +64,27 @@ class RayControllerSource:
         result = await self.controller.tokenizer_json.remote(model)
         return str(result) if result is not None else None
 
+    async def engine_metrics(self) -> dict[str, str]:
+        return dict(await self.controller.engine_metrics.remote())
+
     async def report_load(self, gateway_id: str, queued: dict[str, int]) -> None:
         await self.controller.report_load.remote(gateway_id, queued)
 
-    # Cluster administration (the admin API and `seed-serve scale`).
     async def groups(self) -> list[dict[str, Any]]:
         return list(await self.controller.groups_json.remote())
 
     async def scale(self, group: str, replicas: int) -> dict[str, Any]:
-        return dict(await self.controller.scale.remote(group, replicas))
+        try:
+            return dict(await self.controller.scale.remote(group, replicas))
+        except Exception as exc:  # the controller's ValueError comes wrapped by Ray
+            cause = getattr(exc, "cause", None) or exc
+            if isinstance(cause, ValueError):
+                raise cause from None
+            raise
 
 
 class StaticSource:
-    """A fixed list of replicas (used where no Ray cluster is involved)."""
+    """A fixed list of replicas (benchmark instruments and tests: no Ray cluster)."""
 
     def __init__(self, replicas: list[ReplicaInfo]) -> None:
         self.replicas = replicas
@@ -66,6 +94,18 @@ class StaticSource:
 
     async def tokenizer_json(self, model: str) -> str | None:
         return None
+
+    async def engine_metrics(self) -> dict[str, str]:
+        return {}
+
+    async def report_load(self, gateway_id: str, queued: dict[str, int]) -> None:
+        return None
+
+    async def groups(self) -> list[dict[str, Any]]:
+        return []
+
+    async def scale(self, group: str, replicas: int) -> dict[str, Any]:
+        raise ScalingUnavailable("This gateway has no Ray controller to scale.")
 
 
 @dataclass(frozen=True)
@@ -80,30 +120,29 @@ class ModelStatus:
     replicas_total: int
 
 
+RefreshListener = Callable[[list[ReplicaInfo], Callable[[str], bool]], None]
+
+
 class ReplicaRegistry:
     def __init__(self, source: ReplicaSource, *, refresh_interval_s: float = 1.0) -> None:
         self.source = source
         self.gateway_id = uuid.uuid4().hex[:12]
-        # Set by the app: the admission queue's depth per model, reported to
-        # the controller for autoscaling.
+        # Set by the app factory: the admission queue's depth per model,
+        # reported to the controller for autoscaling.
         self.load_reporter: Callable[[], dict[str, int]] | None = None
-        self.refresh_interval_s = refresh_interval_s
+        # Called after each refresh with the replicas and `is_ready` (metrics).
+        self.listeners: list[RefreshListener] = []
         self._replicas: list[ReplicaInfo] = []
-        self._task: asyncio.Task[None] | None = None
         self._refreshed = asyncio.Event()
         self._counters: dict[str, TokenCounter] = {}
         self._suspects: dict[str, tuple[str, float]] = {}
+        self._loop = Periodic("replica refresh", self.refresh, refresh_interval_s, logger=logger)
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._refresh_forever())
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
     async def refresh(self) -> None:
         replicas = await self.source.list_replicas()
@@ -113,7 +152,9 @@ class ReplicaRegistry:
                 logger.info("replica %s is %s", replica.replica_id, replica.state.value)
         self._replicas = replicas
         self._refreshed.set()
-        if self.load_reporter is not None and hasattr(self.source, "report_load"):
+        for listener in self.listeners:
+            listener(replicas, self.is_ready)
+        if self.load_reporter is not None:
             try:
                 await self.source.report_load(self.gateway_id, self.load_reporter())
             except Exception as exc:
@@ -130,23 +171,10 @@ class ReplicaRegistry:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._refreshed.wait(), timeout_s)
 
-    async def _refresh_forever(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep the last good list; Ray may blip
-                logger.warning("could not refresh replicas: %s", exc)
-            await asyncio.sleep(self.refresh_interval_s)
-
     # ------------------------------------------------------------------ queries
 
     def all(self) -> list[ReplicaInfo]:
         return list(self._replicas)
-
-    def knows(self, model: str) -> bool:
-        return any(r.model == model for r in self._replicas)
 
     def _usable(self, replica: ReplicaInfo) -> bool:
         if not replica.ready:

@@ -1,89 +1,82 @@
-"""The gateway's front door, in pure ASGI (cheap on the hot path).
+"""The gateway's front door, in pure ASGI (cheap on the hot path), run for
+every request before its route.
 
 For every request: an id (the client's, if sane); header and body limits;
 the client address (X-Forwarded-For only from trusted proxies); the
-allow-lists; the API key (every route but /health and /ready); rate limits.
-When the request ends, whatever happened: the audit line, the metrics, the
-token charge, the concurrency slot back. Every response carries
-``x-request-id`` and ``x-seed-serve-replica``.
+allow-lists; the API key and role the route asks for (``Route.access``); rate
+limits for model tasks. When the request ends, whatever happened: the audit
+line, the metrics, the token charge, the concurrency slot back. Every
+response carries ``x-request-id`` and ``x-seed-serve-replica``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from serving.admission.auth import Authenticator
-from serving.admission.context import ROUTE_TASKS, RequestContext
+from serving.admission.keys import Principal
 from serving.admission.quotas import Quotas
-from serving.api.feedback import SuggestionFeedback
-from serving.api.sse import DONE
+from serving.api.bodies import too_large
+from serving.api.responses import DONE, Receive, Scope, Send, error_answer
+from serving.api.routes import Access, Route, RouteTable
 from serving.api.state import GatewayState
+from serving.api.suggestion_events import SuggestionEvents
 from serving.config import GatewayConfig
 from serving.errors import (
     APIError,
     BadRequestError,
-    PayloadTooLargeError,
     PermissionDeniedError,
     ServiceUnavailableError,
 )
 from serving.observability.audit import AuditLog
 from serving.observability.logs import request_id_var
 from serving.observability.metrics import GatewayMetrics
+from serving.request_context import RequestContext
 
 logger = logging.getLogger("seed_serve.api")
 
-REQUEST_ID_HEADER = "x-request-id"
-REPLICA_HEADER = "x-seed-serve-replica"
-NO_REPLICA = "none"  # the answer did not come from a replica (e.g. a 400)
-OPEN_PATHS = frozenset({"/health", "/ready"})
-_INVALID_STATUSES = frozenset({400, 404, 413, 422})
-_QUIET_PATHS = frozenset({"/health", "/ready", "/metrics", "/metrics/engines"})  # probes, scrapes
-ADMIN_PATHS = ("/metrics", "/v1/admin")
+NO_REPLICA = b"none"  # the answer did not come from a replica (e.g. a 400)
+_INVALID_STATUSES = frozenset({400, 404, 405, 413, 422})
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
 
-Scope = MutableMapping[str, Any]
+# What runs the route once the front door let the request in.
+ServeRoute = Callable[[Scope, Receive, Send, Route | None, RequestContext], Awaitable[None]]
 
 
-def request_id_of(scope: Scope) -> str:
-    return str(scope.get("state", {}).get("request_id", ""))
-
-
-class GatewayMiddleware:
+class FrontDoor:
     def __init__(
         self,
-        app: Any,
         *,
+        routes: RouteTable,
         config: GatewayConfig,
         auth: Authenticator,
         quotas: Quotas,
         audit: AuditLog,
         metrics: GatewayMetrics,
         state: GatewayState,
-        feedback: SuggestionFeedback,
+        events: SuggestionEvents,
         auth_enabled: bool = True,
         session_header: str = "x-seed-serve-session",
     ) -> None:
-        self.app = app
+        self.routes = routes
         self.config = config
         self.auth = auth
         self.quotas = quotas
         self.audit = audit
         self.metrics = metrics
         self.state = state
-        self.feedback = feedback
+        self.events = events
         self.auth_enabled = auth_enabled
         self.session_header = session_header.encode()
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, route: Route | None, serve: ServeRoute
+    ) -> None:
         headers: dict[bytes, bytes] = {}
         header_bytes = 0
         request_id = None
@@ -94,7 +87,6 @@ class GatewayMiddleware:
                 request_id = value.decode()
         request_id = request_id or os.urandom(16).hex()  # as unique as uuid4, cheaper
         path = scope["path"]
-        task, lane = ROUTE_TASKS.get(path, ("other", "completion"))
         peer = (scope.get("client") or ("unknown", 0))[0]
         forwarded = headers.get(b"x-forwarded-for")
         ctx = RequestContext(
@@ -102,26 +94,27 @@ class GatewayMiddleware:
             route=path,
             method=scope.get("method", ""),
             client_ip=self.auth.client_ip(peer, forwarded.decode("latin-1") if forwarded else None),
-            task=task,
-            lane=lane,
         )
+        if route is not None and route.task is not None:
+            ctx.task = route.task
+            ctx.lane = route.lane
         document = headers.get(b"x-seed-serve-document")
         if document:
             ctx.document = document.decode("latin-1")[:512]
         session = headers.get(self.session_header)
         if session:
             ctx.session = session.decode("latin-1")[:512]
-        state = scope.setdefault("state", {})
-        state["request_id"] = request_id
-        state["ctx"] = ctx
         log_context = request_id_var.set(request_id)
-        response = _ResponseTracker(send, request_id, ctx, self.feedback.track)
+        tracked = route is not None and route.tracked
+        response = _ResponseTracker(send, request_id, ctx, self.events.track if tracked else None)
+        access = route.access if route is not None else self.routes.access_of(path)
+        principal: Principal | None = None
         slots: list[str] = []
         self.metrics.inflight.inc()
         self.state.enter()
         try:
             try:
-                if self.state.draining and path not in OPEN_PATHS:
+                if self.state.draining and access is not Access.OPEN:
                     raise ServiceUnavailableError(
                         "This gateway is shutting down; retry (another replica will answer).",
                         code="draining",
@@ -129,25 +122,28 @@ class GatewayMiddleware:
                     )
                 self._check_headers(len(scope["headers"]), header_bytes)
                 self._check_body_size(headers.get(b"content-length"))
-                if path not in OPEN_PATHS:
+                if access is not Access.OPEN:
                     self.auth.check_network(ctx.client_ip)
                     if self.auth_enabled:
-                        ctx.principal = self.auth.authenticate(
+                        principal = self.auth.authenticate(
                             self.auth.credential(headers), ctx.client_ip
                         )
-                        if path.startswith(ADMIN_PATHS) and ctx.principal.key.role != "admin":
+                        ctx.key_id = principal.key.id
+                        ctx.tenant = principal.tenant_name
+                        if access is Access.ADMIN and principal.key.role != "admin":
                             raise PermissionDeniedError(
                                 "This route needs an admin key.", code="admin_only"
                             )
-                        if path in ROUTE_TASKS:
-                            slots = await self.quotas.admit(ctx.principal)
+                        if route is not None and route.task is not None:
+                            ctx.caps = self.quotas.request_caps(principal)
+                            slots = await self.quotas.admit(principal)
             except APIError as exc:
                 ctx.outcome = "rejected"
                 ctx.error_code = exc.code
                 self.metrics.rejections.labels(reason=_rejection_reason(exc)).inc()
-                await _send_json(response.send, exc.status_code, exc.envelope(), exc.headers)
+                await error_answer(exc)(scope, receive, response.send)
                 return
-            await self.app(scope, self._limited_receive(receive), response.send)
+            await serve(scope, receive, response.send, route, ctx)
         finally:
             self.metrics.inflight.dec()
             self.state.leave()
@@ -155,7 +151,7 @@ class GatewayMiddleware:
                 ctx.outcome = "cancelled"
                 self.metrics.cancellations.labels(reason="disconnect").inc()
             ctx.status = response.status
-            await self._finish(ctx, slots)
+            await self._finish(ctx, route, principal, slots)
             request_id_var.reset(log_context)
 
     # ------------------------------------------------------------------ limits
@@ -168,12 +164,6 @@ class GatewayMiddleware:
                 code="request_headers_too_large",
             )
 
-    def _too_large(self) -> PayloadTooLargeError:
-        return PayloadTooLargeError(
-            f"Request body is larger than the limit of {self.config.max_request_bytes} bytes.",
-            code="request_too_large",
-        )
-
     def _check_body_size(self, content_length: bytes | None) -> None:
         if content_length is None:
             return
@@ -182,36 +172,28 @@ class GatewayMiddleware:
         except ValueError:
             raise BadRequestError("Invalid Content-Length header.") from None
         if declared > self.config.max_request_bytes:
-            raise self._too_large()
-
-    def _limited_receive(self, receive: Any) -> Any:
-        received = 0
-        limit = self.config.max_request_bytes
-
-        async def limited() -> dict[str, Any]:
-            nonlocal received
-            message: dict[str, Any] = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise self._too_large()
-            return message
-
-        return limited
+            raise too_large(self.config.max_request_bytes)
 
     # ------------------------------------------------------------------ the end
 
-    async def _finish(self, ctx: RequestContext, slots: list[str]) -> None:
+    async def _finish(
+        self,
+        ctx: RequestContext,
+        route: Route | None,
+        principal: Principal | None,
+        slots: list[str],
+    ) -> None:
         try:
             if slots:
                 await self.quotas.release(slots)
             tokens = ctx.prompt_tokens + ctx.completion_tokens
-            if ctx.principal is not None and tokens:
-                await self.quotas.charge(ctx.principal, tokens)
+            if principal is not None and tokens:
+                await self.quotas.charge(principal, tokens)
         except Exception:
             logger.exception("quota accounting failed for %s", ctx.request_id)
-        self._observe(ctx)
-        self._log(ctx)
+        if route is not None and route.task is not None:
+            self._observe(ctx)
+        self._log(ctx, quiet=route is not None and route.quiet)
         if self.audit.enabled:
             self.audit.write(self._audit_record(ctx))
         if self.audit.write_errors:
@@ -219,8 +201,7 @@ class GatewayMiddleware:
             self.audit.write_errors = 0
 
     def _observe(self, ctx: RequestContext) -> None:
-        if ctx.route not in ROUTE_TASKS:
-            return
+        """The metrics of a model task's request."""
         if ctx.outcome == "error" and ctx.status in _INVALID_STATUSES:
             # Bad input answered by the route (the middleware's own refusals are
             # "rejected" and already counted).
@@ -243,9 +224,10 @@ class GatewayMiddleware:
             m.labelled(m.completion_tokens, tenant, ctx.task).inc(ctx.completion_tokens)
 
     @staticmethod
-    def _log(ctx: RequestContext) -> None:
-        """The access-log line: what and how, never the prompt."""
-        level = logging.INFO if ctx.route not in _QUIET_PATHS else logging.DEBUG
+    def _log(ctx: RequestContext, *, quiet: bool) -> None:
+        """The access-log line: what and how, never the prompt (probes and
+        scrapes at debug level)."""
+        level = logging.DEBUG if quiet else logging.INFO
         if not logger.isEnabledFor(level):
             return
         logger.log(
@@ -313,10 +295,10 @@ class _ResponseTracker:
 
     def __init__(
         self,
-        send: Any,
+        send: Send,
         request_id: str,
         ctx: RequestContext,
-        before_end: Callable[[RequestContext], Awaitable[None]],
+        before_end: Callable[[RequestContext], Awaitable[None]] | None,
     ) -> None:
         self._send = send
         self._rid = request_id.encode()
@@ -324,7 +306,7 @@ class _ResponseTracker:
         self._before_end = before_end
         self.status = 0
         self.complete = False
-        self._ended = False  # before_end ran
+        self._ended = before_end is None  # before_end ran (or there is none)
 
     async def send(self, message: dict[str, Any]) -> None:
         kind = message["type"]
@@ -335,8 +317,8 @@ class _ResponseTracker:
             if b"x-request-id" not in names:
                 headers.append((b"x-request-id", self._rid))
             if b"x-seed-serve-replica" not in names:
-                replica = self.ctx.replica or NO_REPLICA
-                headers.append((b"x-seed-serve-replica", replica.encode()))
+                replica = self.ctx.replica.encode() if self.ctx.replica else NO_REPLICA
+                headers.append((b"x-seed-serve-replica", replica))
             message["headers"] = headers
             if self.status >= 400 and self.ctx.outcome == "ok":
                 self.ctx.outcome = "error"
@@ -351,6 +333,7 @@ class _ResponseTracker:
             if not self._ended and (last or body.endswith(DONE)):
                 self._ended = True
                 self.ctx.status = self.status
+                assert self._before_end is not None
                 await self._before_end(self.ctx)
             self.complete = last
         await self._send(message)
@@ -362,16 +345,3 @@ def _rejection_reason(exc: APIError) -> str:
     return {401: "auth", 403: "forbidden", 429: "quota", 503: "backpressure"}.get(
         exc.status_code, "invalid"
     )
-
-
-async def _send_json(
-    send: Any, status: int, payload: dict[str, Any], headers: dict[str, str]
-) -> None:
-    body = json.dumps(payload).encode()
-    raw_headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": body})

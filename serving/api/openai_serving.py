@@ -10,32 +10,42 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi.responses import JSONResponse, Response
-
-from serving.admission.context import RequestContext
-from serving.admission.quotas import Quotas
+from serving.admission.dispatch import Dispatcher, EngineCall
 from serving.admission.scheduler import Superseded
-from serving.api.disconnect import EventStreamResponse
-from serving.api.errors import sse_error_event
-from serving.api.protocol import ChatCompletionRequest, CompletionRequest
-from serving.api.sse import DONE, guarded_stream, sse_event
+from serving.api.protocol import (
+    ChatCompletionRequest,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    Usage,
+)
+from serving.api.responses import (
+    DONE,
+    Answer,
+    BodyAnswer,
+    EventStream,
+    guarded,
+    sse_error,
+    sse_event,
+)
 from serving.config import GatewayConfig, LimitsConfig
-from serving.engines.client import EngineHTTPError
-from serving.engines.dispatch import REPLICA_HEADER, Dispatcher, EngineCall
-from serving.engines.registry import ModelStatus, ReplicaRegistry
 from serving.errors import APIError, BadRequestError, NotFoundError, UpstreamError
-from serving.tasks.completion import CodeCompleter, CompletionRun
+from serving.request_context import RequestContext
+from serving.tasks.completion import CodeCompleter
+from serving.upstream.client import EngineHTTPError
+from serving.upstream.registry import ModelStatus, ReplicaRegistry
+from serving.upstream.sse import SSEEvent, SSEReader
 
 logger = logging.getLogger("seed_serve.serving")
 
 _DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 _NO_CAPS = LimitsConfig()  # no key (auth off): no per-request caps
-_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def resolve_model(registry: ReplicaRegistry, model: str) -> ModelStatus:
@@ -57,17 +67,15 @@ class OpenAIServing:
         registry: ReplicaRegistry,
         dispatcher: Dispatcher,
         completer: CodeCompleter,
-        quotas: Quotas,
     ) -> None:
         self.config = config
         self.registry = registry
         self.dispatcher = dispatcher
         self.completer = completer
-        self.quotas = quotas
 
     # ------------------------------------------------------------------ routes
 
-    async def completions(self, request: CompletionRequest, ctx: RequestContext) -> Response:
+    async def completions(self, request: CompletionRequest, ctx: RequestContext) -> Answer:
         status = resolve_model(self.registry, request.model)
         ctx.model = status.name
         if isinstance(request.prompt, str):
@@ -85,7 +93,7 @@ class OpenAIServing:
         payload = request.model_dump(exclude_unset=True)
         return await self.forward(ctx, "/v1/completions", payload, request.model, request.stream)
 
-    async def chat(self, request: ChatCompletionRequest, ctx: RequestContext) -> Response:
+    async def chat(self, request: ChatCompletionRequest, ctx: RequestContext) -> Answer:
         status = resolve_model(self.registry, request.model)
         ctx.model = status.name
         self._check_n(request.n, ctx)
@@ -105,11 +113,11 @@ class OpenAIServing:
 
     # ------------------------------------------------------------------ checks
 
-    def caps(self, ctx: RequestContext) -> LimitsConfig:
-        """The per-request caps of the caller's key and tenant."""
-        if ctx.caps is None:
-            ctx.caps = self.quotas.request_caps(ctx.principal) if ctx.principal else _NO_CAPS
-        return ctx.caps
+    @staticmethod
+    def caps(ctx: RequestContext) -> LimitsConfig:
+        """The per-request caps of the caller's key and tenant (looked up by the
+        front door; none without a key)."""
+        return ctx.caps or _NO_CAPS
 
     def _check_n(self, n: int, ctx: RequestContext) -> None:
         limit = min(self.config.max_n, self.caps(ctx).max_n or self.config.max_n)
@@ -191,7 +199,7 @@ class OpenAIServing:
 
     async def _fill_in_the_middle(
         self, request: CompletionRequest, status: ModelStatus, ctx: RequestContext
-    ) -> Response:
+    ) -> Answer:
         if not isinstance(request.prompt, str):
             raise BadRequestError(
                 "suffix needs `prompt` to be a single string (the text before the insertion point).",
@@ -227,77 +235,49 @@ class OpenAIServing:
             },
         )
         run = await self.completer.start(prepared, sampling, n=request.n, ctx=ctx)
-        headers = {REPLICA_HEADER: run.replica.replica_id}
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         ctx.response_id = completion_id
         created = int(time.time())
+
+        def answer(choices: list[CompletionChoice], usage: Usage | None = None) -> Completion:
+            return Completion(
+                id=completion_id, created=created, model=request.model, choices=choices, usage=usage
+            )
+
+        def note_usage() -> Usage:
+            ctx.usage(run.prompt_tokens, run.completion_tokens)
+            ctx.finish_reason = run.finish_reasons.get(0)
+            ctx.completion_text = run.texts.get(0)
+            return Usage.of(run.prompt_tokens, run.completion_tokens)
+
         if not request.stream:
             async for _ in run.deltas():
                 pass
-            ctx.usage(run.prompt_tokens, run.completion_tokens)
-            ctx.finish_reason = run.finish_reasons.get(0)
-            ctx.completion_text = run.texts.get(0)
-            return JSONResponse(
-                {
-                    "id": completion_id,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": request.model,
-                    "choices": [
-                        {
-                            "index": i,
-                            "text": run.texts[i],
-                            "finish_reason": run.finish_reasons[i],
-                            "logprobs": None,
-                        }
-                        for i in range(request.n)
-                    ],
-                    "usage": _usage(run),
-                },
-                headers=headers,
-            )
+            usage = note_usage()
+            choices = [
+                CompletionChoice(index=i, text=run.texts[i], finish_reason=run.finish_reasons[i])
+                for i in range(request.n)
+            ]
+            return BodyAnswer(answer(choices, usage).json_bytes())
 
         async def events() -> AsyncIterator[bytes]:
             async for delta in run.deltas():
-                yield sse_event(
-                    {
-                        "id": completion_id,
-                        "object": "text_completion",
-                        "created": created,
-                        "model": request.model,
-                        "choices": [
-                            {
-                                "index": delta.index,
-                                "text": delta.text,
-                                "finish_reason": delta.finish_reason,
-                                "logprobs": None,
-                            }
-                        ],
-                    }
+                choice = CompletionChoice(
+                    index=delta.index, text=delta.text, finish_reason=delta.finish_reason
                 )
-            ctx.usage(run.prompt_tokens, run.completion_tokens)
-            ctx.finish_reason = run.finish_reasons.get(0)
-            ctx.completion_text = run.texts.get(0)
+                yield sse_event(answer([choice]).json_bytes())
+            usage = note_usage()
             if request.wants_usage_chunk():
-                yield sse_event(
-                    {
-                        "id": completion_id,
-                        "object": "text_completion",
-                        "created": created,
-                        "model": request.model,
-                        "choices": [],
-                        "usage": _usage(run),
-                    }
-                )
+                yield sse_event(answer([], usage).json_bytes())
             yield DONE
 
-        return EventStreamResponse(guarded_stream(events()), headers={**headers, **_STREAM_HEADERS})
+        return EventStream(guarded(events()))
 
     # ------------------------------------------------------------------ relay
 
     async def forward(
         self, ctx: RequestContext, path: str, payload: dict[str, Any], model: str, stream: bool
-    ) -> Response:
+    ) -> Answer:
         client_wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
         if stream:
             # Always ask for usage (audit, quotas, metrics); drop it again if the
@@ -309,16 +289,12 @@ class OpenAIServing:
         call = await self.dispatcher.open(
             ctx, model, path, payload, stream=stream, cost=_cost(payload)
         )
-        headers = {REPLICA_HEADER: call.replica.replica_id}
         if not stream:
             call.finish()
             raw = call.body or b""
-            _note_usage(ctx, raw)
-            return Response(raw, media_type="application/json", headers=headers)
-        return EventStreamResponse(
-            _relay(call, ctx, keep_usage=client_wants_usage),
-            headers={**headers, **_STREAM_HEADERS},
-        )
+            _note_answer(ctx, raw)
+            return BodyAnswer(raw)
+        return EventStream(_relay(call, ctx, keep_usage=client_wants_usage))
 
 
 def _cost(payload: dict[str, Any]) -> float:
@@ -327,16 +303,15 @@ def _cost(payload: dict[str, Any]) -> float:
     return float(limit) * float(payload.get("n") or 1)
 
 
-def _note_usage(ctx: RequestContext, raw: bytes) -> None:
+def _note_answer(ctx: RequestContext, raw: bytes) -> None:
+    """Usage, id, finish reason and text of an engine's whole answer."""
     try:
         data = json.loads(raw)
     except ValueError:
         return
     if not isinstance(data, dict):
         return
-    usage = data.get("usage")
-    if isinstance(usage, dict):
-        ctx.usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    _note_usage(ctx, data)
     if isinstance(data.get("id"), str):
         ctx.response_id = data["id"]
     choices = data.get("choices")
@@ -350,12 +325,56 @@ def _note_usage(ctx: RequestContext, raw: bytes) -> None:
             ctx.completion_text = text
 
 
-def _usage(run: CompletionRun) -> dict[str, int]:
-    return {
-        "prompt_tokens": run.prompt_tokens,
-        "completion_tokens": run.completion_tokens,
-        "total_tokens": run.prompt_tokens + run.completion_tokens,
-    }
+def _note_usage(ctx: RequestContext, data: dict[str, Any]) -> None:
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        ctx.usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+
+# Cheap tests for the few events the relay must read (any spacing JSON allows
+# between a key, its colon and its value): the usage event, and a choice that
+# finished. Only those events, and the first (for the id), are parsed.
+_HAS_USAGE = re.compile(rb'"usage"\s*:\s*\{')
+_HAS_FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
+
+
+class _StreamReading:
+    """What the relay reads of a stream it passes on: the answer's id (from the
+    first event), the finish reason, and the usage (whose event it drops
+    unless the client asked for it)."""
+
+    def __init__(self, ctx: RequestContext, keep_usage: bool) -> None:
+        self.ctx = ctx
+        self.keep_usage = keep_usage
+        self.seen_first = False
+
+    def relay(self, event: SSEEvent) -> bool:
+        """Note what ``event`` says; False if it is not to be relayed."""
+        data = event.data
+        if data is None or not data.startswith(b"{"):
+            return True
+        ctx = self.ctx
+        keep = True
+        try:
+            if not self.seen_first:
+                self.seen_first = True
+                answer_id = event.json().get("id")
+                if isinstance(answer_id, str) and len(answer_id) <= 256:
+                    ctx.response_id = answer_id
+            if b'"usage"' in data and _HAS_USAGE.search(data):
+                parsed = event.json()
+                _note_usage(ctx, parsed)
+                keep = self.keep_usage or bool(parsed.get("choices"))
+            if b'"finish_reason"' in data and _HAS_FINISH.search(data):
+                for choice in event.json().get("choices") or ():
+                    reason = choice.get("finish_reason")
+                    if isinstance(reason, str) and (
+                        ctx.finish_reason is None or choice.get("index") == 0
+                    ):
+                        ctx.finish_reason = reason
+        except (ValueError, AttributeError):  # not the JSON we expect: relay it as it is
+            return True
+        return keep
 
 
 async def _relay(
@@ -365,24 +384,21 @@ async def _relay(
     The usage event is read (and dropped unless asked for); a failure
     mid-stream becomes an error event and ``[DONE]``. Leaving early (client
     gone) closes the engine connection, which makes vLLM abort the request."""
-    buffer = b""
+    reader = SSEReader()
+    reading = _StreamReading(ctx, keep_usage)
     try:
         async for chunk in call.chunks():
-            buffer += chunk
-            end = buffer.rfind(b"\n\n")
-            if end < 0:
+            events, complete = reader.feed(chunk)
+            if not events:
                 continue
-            ready, buffer = buffer[: end + 2], buffer[end + 2 :]
-            if ctx.response_id is None:
-                _take_response_id(ready, ctx)
-            if b'"usage":{' in ready:
-                ready = _take_usage(ready, ctx, keep_usage)
-            if b'"finish_reason":"' in ready:
-                _take_finish_reason(ready, ctx)
-            if ready:
-                yield ready
-        if buffer:
-            yield buffer
+            kept = [event for event in events if reading.relay(event)]
+            if len(kept) == len(events):
+                yield complete
+            elif kept:
+                yield b"".join(event.raw for event in kept)
+        rest = reader.rest()
+        if rest:
+            yield rest
     except (TimeoutError, EngineHTTPError) as exc:
         if call.cancel_reason == "superseded":
             ctx.outcome = "superseded"
@@ -395,45 +411,7 @@ async def _relay(
                 code="replica_failed",
             )
         ctx.error_code = error.code
-        yield sse_error_event(error)
+        yield sse_error(error)
         yield DONE
     finally:
         call.finish()
-
-
-def _take_usage(events: bytes, ctx: RequestContext, keep: bool) -> bytes:
-    kept = []
-    for event in events.split(b"\n\n"):
-        if event.startswith(b"data: {") and b'"usage":{' in event:
-            try:
-                data = json.loads(event[6:])
-            except ValueError:
-                kept.append(event)
-                continue
-            usage = data.get("usage") or {}
-            ctx.usage(
-                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-            )
-            if not keep and not data.get("choices"):
-                continue
-        kept.append(event)
-    return b"\n\n".join(kept)
-
-
-def _take_response_id(events: bytes, ctx: RequestContext) -> None:
-    marker = b'"id":"'
-    start = events.find(marker)
-    if start < 0:
-        return
-    start += len(marker)
-    end = events.find(b'"', start)
-    if 0 < end - start <= 256:
-        ctx.response_id = events[start:end].decode(errors="replace")
-
-
-def _take_finish_reason(events: bytes, ctx: RequestContext) -> None:
-    marker = b'"finish_reason":"'
-    start = events.find(marker) + len(marker)
-    end = events.find(b'"', start)
-    if end > start:
-        ctx.finish_reason = events[start:end].decode(errors="replace")

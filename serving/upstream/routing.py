@@ -23,7 +23,7 @@ from serving.config import (
     RoutingConfig,
     SessionRouting,
 )
-from serving.engines.types import ReplicaInfo
+from serving.engine_link.replica_info import ReplicaInfo
 
 
 @dataclass(frozen=True)

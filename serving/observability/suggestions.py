@@ -29,7 +29,7 @@ Recorded = Literal["recorded", "duplicate"]
 
 
 @dataclass(frozen=True)
-class TrackedCompletion:
+class TrackedSuggestion:
     key_id: str | None
     tenant: str
     task: str
@@ -46,10 +46,10 @@ class OutcomeConflict(Exception):
         self.earlier = earlier
 
 
-class CompletionStore(Protocol):
-    async def remember(self, completion_id: str, completion: TrackedCompletion) -> None: ...
+class SuggestionStore(Protocol):
+    async def remember(self, completion_id: str, completion: TrackedSuggestion) -> None: ...
 
-    async def get(self, completion_id: str) -> TrackedCompletion | None: ...
+    async def get(self, completion_id: str) -> TrackedSuggestion | None: ...
 
     async def mark(self, completion_id: str, event: SuggestionEvent) -> Recorded:
         """Note ``event`` once; raises OutcomeConflict for a second, different outcome."""
@@ -58,11 +58,11 @@ class CompletionStore(Protocol):
     async def close(self) -> None: ...
 
 
-class MemoryCompletionStore:
+class MemorySuggestionStore:
     def __init__(self, config: TelemetryConfig) -> None:
         self.ttl_s = config.ttl_s
         self.max_tracked = config.max_tracked
-        self._items: OrderedDict[str, tuple[float, TrackedCompletion, set[str]]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[float, TrackedSuggestion, set[str]]] = OrderedDict()
 
     def _expire(self, now: float) -> None:
         while self._items:
@@ -71,13 +71,13 @@ class MemoryCompletionStore:
                 break
             del self._items[oldest]
 
-    async def remember(self, completion_id: str, completion: TrackedCompletion) -> None:
+    async def remember(self, completion_id: str, completion: TrackedSuggestion) -> None:
         now = time.monotonic()
         self._items[completion_id] = (now, completion, set())
         self._items.move_to_end(completion_id)
         self._expire(now)
 
-    async def get(self, completion_id: str) -> TrackedCompletion | None:
+    async def get(self, completion_id: str) -> TrackedSuggestion | None:
         self._expire(time.monotonic())
         item = self._items.get(completion_id)
         return item[1] if item else None
@@ -100,7 +100,7 @@ class MemoryCompletionStore:
         self._items.clear()
 
 
-class RedisCompletionStore:
+class RedisSuggestionStore:
     """One hash per completion: the record, ``shown`` and the final ``outcome``,
     set with HSETNX so that two gateways taking the same event count it once."""
 
@@ -115,16 +115,16 @@ class RedisCompletionStore:
             config.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
         )
 
-    async def remember(self, completion_id: str, completion: TrackedCompletion) -> None:
+    async def remember(self, completion_id: str, completion: TrackedSuggestion) -> None:
         key = self.PREFIX + completion_id
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, "record", json.dumps(asdict(completion)))
             pipe.expire(key, self.ttl_s)
             await pipe.execute()
 
-    async def get(self, completion_id: str) -> TrackedCompletion | None:
+    async def get(self, completion_id: str) -> TrackedSuggestion | None:
         raw = await self._redis.hget(self.PREFIX + completion_id, "record")
-        return TrackedCompletion(**json.loads(raw)) if raw else None
+        return TrackedSuggestion(**json.loads(raw)) if raw else None
 
     async def mark(self, completion_id: str, event: SuggestionEvent) -> Recorded:
         key = self.PREFIX + completion_id
@@ -141,7 +141,7 @@ class RedisCompletionStore:
         await self._redis.aclose()
 
 
-def build_completion_store(config: TelemetryConfig) -> CompletionStore:
+def build_suggestion_store(config: TelemetryConfig) -> SuggestionStore:
     if config.backend == "redis":
-        return RedisCompletionStore(config)
-    return MemoryCompletionStore(config)
+        return RedisSuggestionStore(config)
+    return MemorySuggestionStore(config)

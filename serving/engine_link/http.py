@@ -1,5 +1,6 @@
-"""A small HTTP/1.1 client for the engines: POST a JSON body, read the answer
-as it arrives, keep connections alive for the next request.
+"""A small HTTP/1.1 client for the engines: send a request, read the answer
+as it arrives, keep connections alive for the next request. The gateway
+(``serving.upstream``) and the replica actors (``serving.cluster``) both use it.
 
 Why not aiohttp: the gateway's own cost per request is its capacity
 (``benchmarks/overhead capacity``), and aiohttp's general-purpose client was a
@@ -301,41 +302,45 @@ class EngineConnectionPool:
             self._targets[url] = target
         return target
 
-    async def post(
+    async def request(
         self,
+        method: str,
         url: str,
         path: str,
-        body: bytes,
-        headers: bytes,
+        body: bytes = b"",
+        headers: bytes = b"",
         *,
-        idle_s: float | None,
+        idle_s: float | None = None,
+        total_s: float | None = None,
     ) -> EngineResponse:
-        """POST ``body`` to ``url + path``; the answer once its headers arrived.
+        """Send ``method url+path`` (with ``body``, if any); the answer once its
+        headers arrived.
 
-        ``headers`` are extra header lines, each ending in CRLF. A kept-alive
-        connection that turns out closed before any answer is retried once on
-        a new one (the engine closed it while idle, and never saw the request).
+        ``headers`` are extra header lines, each ending in CRLF. ``idle_s``
+        bounds every wait for the next bytes of a streamed answer (and for its
+        headers); ``total_s`` (default: the pool's) the whole exchange. A
+        kept-alive connection that turns out closed before any answer is
+        retried once on a new one (the engine closed it while idle, and never
+        saw the request).
         """
         if self._closed:
             raise EngineConnectionError("the engine client is closed")
         target = self._target(url)
-        request = b"".join(
-            (
-                b"POST ",
-                target.prefix,
-                path.encode(),
-                b" HTTP/1.1\r\nHost: ",
-                target.host,
-                b"\r\nContent-Length: ",
-                str(len(body)).encode(),
-                b"\r\n",
-                headers,
-                b"\r\n",
-                body,
-            )
-        )
+        parts = [
+            method.encode(),
+            b" ",
+            target.prefix,
+            path.encode(),
+            b" HTTP/1.1\r\nHost: ",
+            target.host,
+            b"\r\n",
+        ]
+        if body or method != "GET":
+            parts += [b"Content-Length: ", str(len(body)).encode(), b"\r\n"]
+        parts += [headers, b"\r\n", body]
+        request = b"".join(parts)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.total_s
+        deadline = loop.time() + (self.total_s if total_s is None else total_s)
         for _ in range(2):
             connection, reused = await self._acquire(target.origin, deadline)
             response = EngineResponse(connection, deadline, idle_s)

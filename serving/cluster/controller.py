@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.cluster.placement import PlacementPlan, placement_plan, unplaceable_message
+from serving.cluster.replica import ReplicaActor
 from serving.config import ReplicaGroupConfig, ServingConfig
-from serving.engines.placement import PlacementPlan, placement_plan, unplaceable_message
-from serving.engines.replica import ReplicaActor
-from serving.engines.types import ReplicaInfo, ReplicaState
+from serving.engine_link.replica_info import ReplicaInfo, ReplicaState
 
 logger = logging.getLogger("seed_serve.controller")
 
@@ -307,6 +307,28 @@ class ReplicaController:
                 result = await slot.handle.tokenizer_json.remote()
                 return str(result) if result is not None else None
         return None
+
+    async def engine_metrics(self) -> dict[str, str]:
+        """Each ready replica's engine /metrics page, as read at its last health
+        check (for the gateways' /metrics/engines; the engines stay unreachable)."""
+        ready = [
+            slot
+            for slot in self.slots.values()
+            if slot.info.ready and slot.handle is not None and not slot.draining
+        ]
+
+        async def page(slot: _Slot) -> str:
+            try:
+                return str(
+                    await asyncio.wait_for(
+                        slot.handle.engine_metrics.remote(), self.config.health.timeout_s
+                    )
+                )
+            except Exception:  # a replica busy or going: left out this time
+                return ""
+
+        pages = await asyncio.gather(*(page(slot) for slot in ready))
+        return {slot.replica_id: text for slot, text in zip(ready, pages, strict=True) if text}
 
     async def config_json(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")

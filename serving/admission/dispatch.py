@@ -17,19 +17,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from serving.admission.context import RequestContext
 from serving.admission.scheduler import AdmissionScheduler, Lease, Superseded, Ticket
 from serving.config import AdmissionConfig, TimeoutsConfig
-from serving.engines.client import EngineClient, EngineHTTPError, EngineResponse
-from serving.engines.registry import ReplicaRegistry
-from serving.engines.router import RouteRequest
-from serving.engines.types import ReplicaInfo
+from serving.engine_link.replica_info import ReplicaInfo
 from serving.errors import APIError, UpstreamError, api_error_for_status
 from serving.observability.metrics import GatewayMetrics
+from serving.request_context import RequestContext
+from serving.upstream.client import EngineAnswer, EngineClient, EngineHTTPError
+from serving.upstream.registry import ReplicaRegistry
+from serving.upstream.routing import RouteRequest
 
 logger = logging.getLogger("seed_serve.dispatch")
 
-REPLICA_HEADER = "x-seed-serve-replica"
 _HEALTH_WATCH_S = 0.5
 
 
@@ -44,7 +43,7 @@ class EngineCall:
     Streams come with their first chunk already read; plain answers whole.
     """
 
-    upstream: EngineResponse
+    upstream: EngineAnswer
     lease: Lease
     first: bytes = b""
     body: bytes | None = None
@@ -66,7 +65,7 @@ class EngineCall:
         """The stream's bytes as they arrive (the first one already read)."""
         if self.first:
             yield self.first
-        async for chunk in self.upstream.iter_any():
+        while chunk := await self.upstream.readany():
             yield chunk
 
     def finish(self) -> None:
@@ -199,7 +198,7 @@ class Dispatcher:
             raise
         return call
 
-    async def _read_while_healthy(self, upstream: EngineResponse, replica: ReplicaInfo) -> bytes:
+    async def _read_while_healthy(self, upstream: EngineAnswer, replica: ReplicaInfo) -> bytes:
         """A plain answer arrives whole at the end; meanwhile watch the replica,
         so a frozen engine fails the request (and it is retried) instead of a hang."""
         read = asyncio.ensure_future(upstream.read())
@@ -217,7 +216,6 @@ class Dispatcher:
 
 def upstream_error(status: int, raw: bytes, replica: ReplicaInfo) -> APIError:
     """An engine's error answer as ours (its message and param kept)."""
-    headers = {REPLICA_HEADER: replica.replica_id}
     message, param = f"Replica {replica.replica_id} answered HTTP {status}.", None
     try:
         data = json.loads(raw)
@@ -230,6 +228,6 @@ def upstream_error(status: int, raw: bytes, replica: ReplicaInfo) -> APIError:
     except (ValueError, AttributeError):
         pass
     if status >= 500 and status != 503:
-        return UpstreamError(f"Engine error: {message}", code="engine_error", headers=headers)
+        return UpstreamError(f"Engine error: {message}", code="engine_error")
     cls = api_error_for_status(status)
-    return cls(message, param=param, headers=headers)
+    return cls(message, param=param)

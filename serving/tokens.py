@@ -1,4 +1,7 @@
-"""Counting tokens in the gateway (for budgets), with the served model's tokenizer."""
+"""Counting tokens in the gateway (for budgets), with the served model's tokenizer.
+
+A leaf: the registry keeps one counter per model, the tasks count with it.
+"""
 
 from __future__ import annotations
 

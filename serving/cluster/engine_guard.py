@@ -14,6 +14,8 @@ import hmac
 import os
 from typing import Any
 
+from serving.errors import AuthenticationError
+
 TOKEN_ENV = "SEED_SERVE_ENGINE_TOKEN"
 
 Scope = dict[str, Any]
@@ -27,6 +29,9 @@ class EngineGuard:
             # Fail closed: an engine without a secret must not serve at all.
             raise RuntimeError(f"{TOKEN_ENV} is not set; refusing to start an unguarded engine")
         self._digest = hashlib.sha256(token.encode()).digest()
+        self._refusal = AuthenticationError(
+            "engine access is restricted to the gateway"
+        ).envelope_json()
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope.get("headers", ()):
@@ -42,7 +47,7 @@ class EngineGuard:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            body = b'{"error":{"message":"engine access is restricted to the gateway","type":"authentication_error","param":null,"code":null}}'
+            body = self._refusal
             await send(
                 {
                     "type": "http.response.start",

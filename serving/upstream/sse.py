@@ -1,0 +1,121 @@
+"""The one reader of an engine's server-sent events, for the stream relay
+(which passes events on untouched and parses only the few it must read) and
+for the task paths (which parse every event).
+
+Events end with a blank line (``\\n\\n``, or ``\\r\\n\\r\\n``); an event's data is
+its ``data:`` lines joined by ``\\n``. Comments and other fields are kept in
+the raw bytes but carry no data.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from serving.errors import UpstreamError
+
+DONE_DATA = b"[DONE]"
+_ANY_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_UNSET: Any = object()
+
+
+class SSEEvent:
+    """One complete event: ``raw`` as received (terminator included) and its
+    ``data`` (None when it has no data field); :meth:`json` parses it once."""
+
+    __slots__ = ("_parsed", "data", "raw")
+
+    def __init__(self, raw: bytes, data: bytes | None) -> None:
+        self.raw = raw
+        self.data = data
+        self._parsed: Any = _UNSET
+
+    @property
+    def done(self) -> bool:
+        return self.data == DONE_DATA
+
+    def json(self) -> Any:
+        """The data as JSON (ValueError when it is not JSON)."""
+        if self._parsed is _UNSET:
+            if self.data is None:
+                raise ValueError("the event has no data")
+            self._parsed = json.loads(self.data)
+        return self._parsed
+
+
+def _data_of(body: bytes) -> bytes | None:
+    if body.startswith(b"data: ") and b"\n" not in body and b"\r" not in body:
+        return body[6:]  # the shape every engine writes: one data line
+    lines = [line for line in body.splitlines() if line.startswith(b"data:")]
+    if not lines:
+        return None
+    return b"\n".join(line[6:] if line[5:6] == b" " else line[5:] for line in lines)
+
+
+class SSEReader:
+    """Splits a byte stream into complete events, whatever the chunking."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> tuple[list[SSEEvent], bytes]:
+        """The events completed by ``chunk``, and their raw bytes together."""
+        buffer = self._pending + chunk if self._pending else chunk
+        if b"\r" not in buffer:  # the common case: LF line ends
+            *bodies, self._pending = buffer.split(b"\n\n")
+            if not bodies:
+                return [], b""
+            complete = buffer[: len(buffer) - len(self._pending)]
+            return [SSEEvent(body + b"\n\n", _data_of(body)) for body in bodies], complete
+        events: list[SSEEvent] = []
+        start = 0
+        for end in _ANY_END.finditer(buffer):
+            body = buffer[start : end.start()]
+            events.append(SSEEvent(buffer[start : end.end()], _data_of(body)))
+            start = end.end()
+        self._pending = buffer[start:]
+        return events, buffer[:start]
+
+    def rest(self) -> bytes:
+        """What came after the last complete event (a stream cut short)."""
+        rest, self._pending = self._pending, b""
+        return rest
+
+
+async def json_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of an OpenAI-style event stream, until ``[DONE]``; an
+    error event (``{"error": ...}``) raises :class:`UpstreamError`."""
+    reader = SSEReader()
+    async for chunk in chunks:
+        events, _ = reader.feed(chunk)
+        for data in _objects(events):
+            if data is None:
+                return
+            yield data
+    # A last event without its blank line (the stream was cut there): as meant.
+    rest = reader.rest().strip()
+    if rest:
+        for data in _objects(SSEReader().feed(rest + b"\n\n")[0]):
+            if data is not None:
+                yield data
+
+
+def _objects(events: list[SSEEvent]) -> list[dict[str, Any] | None]:
+    """Each event's JSON object (None for ``[DONE]``, which ends the list)."""
+    found: list[dict[str, Any] | None] = []
+    for event in events:
+        if event.data is None:
+            continue
+        if event.done:
+            found.append(None)
+            break
+        data = event.json()
+        if isinstance(data, dict) and "error" in data:
+            error = data["error"]
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise UpstreamError(f"Engine error mid-stream: {message}", code="engine_error")
+        if isinstance(data, dict):
+            found.append(data)
+    return found
