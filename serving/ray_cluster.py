@@ -83,3 +83,43 @@ def init_ray(
     # Ray Client (ray://) contexts carry no address_info: the address is all there is.
     info = getattr(context, "address_info", None)
     return dict(info) if info else {"address": address}
+
+
+def ray_answers(timeout_s: float = 1.0) -> bool:
+    """Whether Ray's GCS answers within ``timeout_s`` (a blocking call).
+
+    A stop signal sent to the whole process group or cgroup (what systemd's
+    default ``KillMode=control-group`` does) reaches Ray's own processes too:
+    from that moment its GCS answers nothing (measured: every call waits out
+    its timeout), and a driver that waits for it is killed 60 s later with
+    exit code 1. A healthy GCS answers this in about a millisecond."""
+    try:
+        from ray._private import worker  # the driver's GCS client (no public probe)
+
+        client = worker.global_worker.gcs_client  # type: ignore[attr-defined]
+        client.internal_kv_get(b"seed-serve:probe", b"seed-serve", timeout=timeout_s)
+    except Exception:
+        return False
+    return True
+
+
+def shutdown_ray() -> bool:
+    """Leave Ray: disconnect, and stop the local Ray this process started.
+
+    False when Ray does not answer any more (see :func:`ray_answers`): then
+    the local Ray's processes are killed here (they are shutting down anyway),
+    and this process must end at once (``os._exit``): Ray's driver cannot be
+    torn down without its GCS (it waits 60 s for it, then dies with 1)."""
+    import ray
+
+    if ray_answers():
+        ray.shutdown()
+        return True
+    logger.info("Ray does not answer (stopped with this process); killing what is left of it")
+    from ray._private import worker
+
+    node = worker._global_node
+    if node is not None and node.head:
+        with contextlib.suppress(Exception):
+            node.kill_all_processes(check_alive=False, allow_graceful=False, wait=True)
+    return False

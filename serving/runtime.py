@@ -10,9 +10,10 @@ import json
 import logging
 import os
 import socket
+import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from serving.api.state import GatewayState
 from serving.cluster.controller import create_or_get_controller
@@ -20,10 +21,15 @@ from serving.config import ServingConfig
 from serving.engine_link.replica_info import ReplicaInfo, ReplicaState
 from serving.errors import ConfigError
 from serving.paths import COMPLETE_MARKER, demo_model_dir, run_state_file
-from serving.ray_cluster import init_ray
+from serving.ray_cluster import init_ray, ray_answers, shutdown_ray
 from serving.upstream.registry import RayControllerSource, ReplicaRegistry
 
 logger = logging.getLogger("seed_serve")
+
+# Engines get their own grace (15 s) to stop inside the controller's shutdown.
+_REPLICAS_STOP_S = 60.0
+
+T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------- checks
@@ -136,7 +142,17 @@ def _uvicorn_server(
     )
 
 
-async def _serve(
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run the gateway process's event loop: uvloop, as ``uvicorn.run`` would
+    (``asyncio.run`` would give the slower stdlib loop; the capacity figures
+    in benchmarks/README.md are measured on this one)."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
+
+
+async def serve_gateway(
     config: ServingConfig,
     registry: ReplicaRegistry,
     *,
@@ -274,7 +290,7 @@ def run_up(config: ServingConfig) -> int:
     )
     import ray
 
-    exit_code = 0
+    exit_code = 1  # until the gateway ran and said otherwise
     state_file = run_state_file()
     try:
         controller = create_or_get_controller(
@@ -306,17 +322,41 @@ def run_up(config: ServingConfig) -> int:
 
         async def serve() -> int:
             try:
-                return await _serve(config, registry, on_started=announce)
+                return await serve_gateway(config, registry, on_started=announce)
             finally:
-                logger.info("stopping replicas")
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(controller.shutdown.remote(), 60)
+                await _stop_replicas(controller)
 
-        exit_code = asyncio.run(serve())
+        exit_code = run_event_loop(serve())
     finally:
         _remove_own_state_file(state_file)
-        ray.shutdown()
+        if not shutdown_ray():
+            _exit_at_once(exit_code)
     return exit_code
+
+
+def _exit_at_once(code: int) -> None:
+    """End the process now, past Ray's exit hooks (they would wait 60 s for a
+    GCS that is gone)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+async def _stop_replicas(controller: Any) -> None:
+    """Ask the controller to stop every engine, unless Ray no longer answers.
+
+    A stop signal sent to the whole process group or cgroup (systemd's default
+    ``KillMode=control-group``) stops Ray's own processes alongside the
+    gateway: they shut down by themselves and take their actors, and with
+    them the engines, along; meanwhile no call to Ray is answered. A cheap
+    call first tells which case this is, in a second."""
+    if not await asyncio.to_thread(ray_answers):
+        logger.info("Ray does not answer (it is stopping too); its replicas stop with it")
+        return
+    logger.info("stopping replicas")
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(controller.shutdown.remote(), _REPLICAS_STOP_S)
 
 
 def run_gateway(config: ServingConfig) -> int:
@@ -329,6 +369,7 @@ def run_gateway(config: ServingConfig) -> int:
     )
     import ray
 
+    exit_code = 1  # until the gateway ran and said otherwise
     try:
         controller = create_or_get_controller(config, local_ray=False, detached=True)
         ray.get(controller.start.remote())
@@ -344,7 +385,8 @@ def run_gateway(config: ServingConfig) -> int:
             RayControllerSource(controller),
             refresh_interval_s=config.gateway.replica_refresh_interval_s,
         )
-        exit_code = asyncio.run(_serve(config, registry))
+        exit_code = run_event_loop(serve_gateway(config, registry))
     finally:
-        ray.shutdown()
+        if not shutdown_ray():
+            _exit_at_once(exit_code)
     return exit_code

@@ -1,4 +1,4 @@
-"""`seed-serve` as users run it: start-up errors, a clean stop, a gateway joining Ray."""
+"""`seed-serve` as users run it: its version, and the errors it reports before starting anything."""
 
 from __future__ import annotations
 
@@ -6,17 +6,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-import openai
-import psutil
 import yaml
 
-from serving.ray_cluster import init_ray
-from tests.conftest import TINY_MODEL
-from tests.support.stack import ROOT, SeedServeProcess, free_port, tiny_config
+from tests.support.stack import ROOT, free_port
 
 
 def run_cli(
@@ -114,130 +108,3 @@ def test_incomplete_demo_model_is_never_served(tmp_path: Path) -> None:
     result = run_cli("up", "--port", str(free_port()), env={"SEED_SERVE_HOME": str(tmp_path)})
     assert result.returncode == 2
     assert "incomplete demo-model build" in result.stderr
-
-
-def test_up_serves_then_stops_cleanly(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """Flags and env reach the running stack; SIGTERM stops every process it started."""
-    port = free_port()
-    config = tiny_config(tiny_model_dir, port=1, replicas=2)  # port and replicas overridden below
-    stack = SeedServeProcess(
-        "up",
-        {**config, "gateway": {**config["gateway"], "port": port}},
-        tmp_path,
-        extra_args=["--replicas", "1"],
-        env={"SEED_SERVE_GATEWAY__MAX_N": "2"},
-    )
-    try:
-        stack.wait_ready()
-        client = openai.OpenAI(
-            base_url=stack.base_url + "/v1", api_key=stack.api_key, max_retries=0
-        )
-        assert client.completions.create(model=TINY_MODEL, prompt="x", max_tokens=2).choices[0].text
-        assert stack.http.get(stack.base_url + "/ready").json()["replicas"] == {"tiny-0": "ready"}
-        with_n3 = stack.http.post(
-            stack.base_url + "/v1/completions",
-            json={"model": TINY_MODEL, "prompt": "x", "n": 3, "max_tokens": 1},
-        )
-        assert with_n3.status_code == 400 and with_n3.json()["error"]["param"] == "n"
-
-        started = stack.descendants()
-        names = " ".join(" ".join(p.cmdline()) for p in started if p.is_running())
-        assert "vllm.entrypoints.openai.api_server" in names
-        assert "raylet" in names
-        began = time.monotonic()
-        assert stack.stop() == 0, stack.log()[-3000:]
-        # Give the kernel a moment to reap, then nothing it started may remain.
-        deadline = time.monotonic() + 30
-        alive = started
-        while alive and time.monotonic() < deadline:
-            alive = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-            time.sleep(0.5)
-        assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
-        assert time.monotonic() - began < 120
-        assert not (stack.home / "run" / "up.json").exists()
-    finally:
-        stack.kill_tree()
-
-
-def test_gateway_joins_an_existing_ray_cluster(
-    tiny_stack: SeedServeProcess, tmp_path: Path
-) -> None:
-    """`seed-serve gateway --ray-address` finds the replicas through Ray, not URLs."""
-    state = tiny_stack.run_state()
-    port = free_port()
-    config = {
-        "gateway": {"host": "127.0.0.1", "port": port},
-        "ray": {"namespace": state["namespace"]},
-        # The gateway uses the running controller's replicas, whatever it lists here.
-        "replica_groups": [{"name": "other", "engine": {"model": "unused/model"}}],
-        "auth": {"keys_file": str(tiny_stack.keys_file), "demo_key_file": None},
-    }
-    gateway = SeedServeProcess(
-        "gateway", config, tmp_path, extra_args=["--ray-address", state["ray_address"]]
-    )
-    try:
-        gateway.wait_ready(replicas=2, timeout_s=180)
-        client = openai.OpenAI(
-            base_url=gateway.base_url + "/v1", api_key=tiny_stack.api_key, max_retries=0
-        )
-        raw = client.completions.with_raw_response.create(
-            model=TINY_MODEL, prompt="x", max_tokens=2
-        )
-        assert raw.headers["x-seed-serve-replica"] in {"tiny-0", "tiny-1"}
-        assert raw.parse().choices[0].text
-        assert gateway.stop() == 0
-    finally:
-        gateway.kill_tree()
-    # The shared stack is untouched by the gateway leaving.
-    assert tiny_stack.http.get(tiny_stack.base_url + "/ready").status_code == 200
-
-
-def test_engines_refuse_anyone_but_the_gateway(tiny_stack: SeedServeProcess) -> None:
-    """Every engine route, including vLLM's unguarded ones, needs the replica secret."""
-    state = tiny_stack.run_state()
-    init_ray(address=state["ray_address"], namespace=state["namespace"], log_to_driver=False)
-    import ray  # after init_ray: joining needs Ray's auth mode set before import
-
-    try:
-        controller = ray.get_actor(state["controller_name"])
-        replicas = ray.get(controller.list_replicas.remote())
-    finally:
-        ray.shutdown()
-    assert len(replicas) == 2
-    for replica in replicas:
-        assert replica["url"].startswith("http://127.0.0.1:")  # loopback only
-        for method, path in [
-            ("GET", "/v1/models"),
-            ("POST", "/invocations"),
-            ("POST", "/tokenize"),
-            ("GET", "/metrics"),
-            ("GET", "/health"),
-        ]:
-            anonymous = httpx.request(method, replica["url"] + path, json={}, timeout=10)
-            assert anonymous.status_code == 401, (path, anonymous.text)
-            wrong = httpx.request(
-                method, replica["url"] + path, json={}, headers={"Authorization": "Bearer nope"}
-            )
-            assert wrong.status_code == 401
-        allowed = httpx.get(
-            replica["url"] + "/v1/models", headers={"Authorization": f"Bearer {replica['token']}"}
-        )
-        assert allowed.status_code == 200
-
-
-def test_fim_template_that_does_not_fit_the_tokenizer_stops_start_up(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    """Starcoder's FIM tokens are not single tokens of the tiny model: start-up stops, clearly."""
-    config = tiny_config(tiny_model_dir, port=free_port(), replicas=1)
-    config["replica_groups"][0]["engine"]["fim_template"] = "starcoder"
-    config["replica_groups"][0]["max_restarts"] = 0
-    stack = SeedServeProcess("up", config, tmp_path)
-    try:
-        code = stack.process.wait(timeout=600)
-        log = stack.log()
-        assert code == 1, log[-3000:]
-        assert "engine.fim_template 'starcoder' does not fit this model's tokenizer" in log
-        assert "'<fim_prefix>' is" in log
-    finally:
-        stack.kill_tree()

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import aiohttp
 
 from benchmarks.load.workload import FimPrompt, RepairPrompt, Task
-from serving.tasks.fim import fim_template as fim_template_named
+from serving.fim_templates import fim_template as fim_template_named
 
 Api = Literal["seed-serve", "openai"]
 

@@ -1,4 +1,5 @@
-"""BENCHMARK INSTRUMENT: the real gateway app (``build_app``) in front of a
+"""BENCHMARK INSTRUMENT: the real gateway process (``serving.runtime``: the
+same app, server settings and event loop as ``seed-serve up``) in front of a
 fixed list of upstream URLs instead of Ray-managed replicas, so that its cost
 can be measured against the instant upstream.
 
@@ -10,12 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 
-import uvicorn
-
-from serving.api.app import build_app
 from serving.config import ServingConfig
-from serving.engines.registry import ReplicaRegistry, StaticSource
-from serving.engines.types import ReplicaInfo, ReplicaState
+from serving.engine_link.replica_info import ReplicaInfo, ReplicaState
+from serving.runtime import run_event_loop, serve_gateway
+from serving.upstream.registry import ReplicaRegistry, StaticSource
 
 
 def main() -> None:
@@ -29,7 +28,13 @@ def main() -> None:
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     config = ServingConfig.model_validate(
         {
-            "gateway": {"port": args.port, "log_level": "warning", "log_format": "text"},
+            "gateway": {
+                "host": "127.0.0.1",
+                "port": args.port,
+                "log_level": "warning",
+                "log_format": "text",
+                "drain_timeout_s": 0,
+            },
             "auth": {"enabled": False, "demo_key_file": None},
             "audit": {"file": None},
             "replica_groups": [
@@ -55,17 +60,8 @@ def main() -> None:
         )
         for i, url in enumerate(args.upstream)
     ]
-    app = build_app(config, ReplicaRegistry(StaticSource(replicas), refresh_interval_s=5.0))
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        log_level="warning",
-        access_log=False,
-        proxy_headers=False,  # as serving.runtime runs it
-    )
+    registry = ReplicaRegistry(StaticSource(replicas), refresh_interval_s=5.0)
+    raise SystemExit(run_event_loop(serve_gateway(config, registry)))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from serving.api.front_door import FrontDoor
 from serving.api.gateway import GatewayApp
 from serving.api.openai_serving import OpenAIServing
 from serving.api.openapi import OpenAPIServing
-from serving.api.routes import GatewayServices, gateway_routes, metrics_routes
+from serving.api.route_table import RouteTable
+from serving.api.routes import GATEWAY_ROUTES, METRICS_ROUTES
 from serving.api.state import GatewayState
 from serving.api.status import StatusServing
 from serving.api.suggestion_events import SuggestionEvents
@@ -74,18 +75,17 @@ def build_app(
     sandbox = sandbox or Sandbox(config.sandbox, on_run=count_run)
     completer = CodeCompleter(dispatcher, registry, config.tasks)
     status = StatusServing(registry, state, metrics)
-    openapi = OpenAPIServing(title="Seed Serve", version=__version__)
-    routes = gateway_routes(
-        GatewayServices(
-            openai=OpenAIServing(config.gateway, registry, dispatcher, completer),
-            code=CodeServing(config.tasks, registry, completer, sandbox),
-            events=events,
-            status=status,
-            admin=AdminServing(registry),
-            openapi=openapi.serve,
-        )
+    routes = RouteTable(
+        GATEWAY_ROUTES,
+        services=[
+            OpenAIServing(config.gateway, registry, dispatcher, completer),
+            CodeServing(config.tasks, registry, completer, sandbox),
+            events,
+            status,
+            AdminServing(registry),
+            OpenAPIServing(GATEWAY_ROUTES, title="Seed Serve", version=__version__),
+        ],
     )
-    openapi.describe(routes)
     front_door = FrontDoor(
         routes=routes,
         config=config.gateway,
@@ -131,7 +131,7 @@ def build_metrics_app(gateway_app: GatewayApp) -> GatewayApp:
     """/metrics and /metrics/engines of ``gateway_app`` alone, for the internal
     metrics port (no key: keep it off the network)."""
     return GatewayApp(
-        metrics_routes(gateway_app.state["status"]),
+        RouteTable(METRICS_ROUTES, services=[gateway_app.state["status"]]),
         front_door=None,
         max_request_bytes=0,
     )

@@ -23,7 +23,7 @@ from serving.admission.keys import Principal
 from serving.admission.quotas import Quotas
 from serving.api.bodies import too_large
 from serving.api.responses import DONE, Receive, Scope, Send, error_answer
-from serving.api.routes import Access, Route, RouteTable
+from serving.api.route_table import Access, Endpoint, Route, RouteTable
 from serving.api.state import GatewayState
 from serving.api.suggestion_events import SuggestionEvents
 from serving.config import GatewayConfig
@@ -45,7 +45,7 @@ _INVALID_STATUSES = frozenset({400, 404, 405, 413, 422})
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 # What runs the route once the front door let the request in.
-ServeRoute = Callable[[Scope, Receive, Send, Route | None, RequestContext], Awaitable[None]]
+ServeRoute = Callable[[Scope, Receive, Send, Endpoint | None, RequestContext], Awaitable[None]]
 
 
 class FrontDoor:
@@ -75,8 +75,14 @@ class FrontDoor:
         self.session_header = session_header.encode()
 
     async def __call__(
-        self, scope: Scope, receive: Receive, send: Send, route: Route | None, serve: ServeRoute
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        endpoint: Endpoint | None,
+        serve: ServeRoute,
     ) -> None:
+        route = endpoint.route if endpoint is not None else None
         headers: dict[bytes, bytes] = {}
         header_bytes = 0
         request_id = None
@@ -143,12 +149,13 @@ class FrontDoor:
                 self.metrics.rejections.labels(reason=_rejection_reason(exc)).inc()
                 await error_answer(exc)(scope, receive, response.send)
                 return
-            await serve(scope, receive, response.send, route, ctx)
+            await serve(scope, receive, response.send, endpoint, ctx)
         finally:
             self.metrics.inflight.dec()
             self.state.leave()
             if not response.complete and ctx.outcome in ("ok", "error"):
-                ctx.outcome = "cancelled"
+                ctx.outcome = "cancelled"  # the client left mid-answer
+            if ctx.outcome == "cancelled":  # mid-answer, or before it began
                 self.metrics.cancellations.labels(reason="disconnect").inc()
             ctx.status = response.status
             await self._finish(ctx, route, principal, slots)

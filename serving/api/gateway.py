@@ -33,7 +33,7 @@ from serving.api.responses import (
     error_answer,
     json_answer,
 )
-from serving.api.routes import Route, RouteTable
+from serving.api.route_table import Endpoint, RouteTable
 from serving.errors import (
     APIError,
     InternalServerError,
@@ -70,23 +70,28 @@ class GatewayApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            route = self.routes.match(scope["method"], scope["path"])
+            endpoint = self.routes.match(scope["method"], scope["path"])
             if self.front_door is not None:
-                await self.front_door(scope, receive, send, route, self.serve)
+                await self.front_door(scope, receive, send, endpoint, self.serve)
             else:
                 client = (scope.get("client") or ("unknown", 0))[0]
                 ctx = RequestContext("", scope["path"], scope["method"], client)
-                await self.serve(scope, receive, send, route, ctx)
+                await self.serve(scope, receive, send, endpoint, ctx)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
     async def serve(
-        self, scope: Scope, receive: Receive, send: Send, route: Route | None, ctx: RequestContext
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        endpoint: Endpoint | None,
+        ctx: RequestContext,
     ) -> None:
         """Answer one request the front door let in."""
         try:
             # The body first: the disconnect watch reads the same channel.
-            work = await self._work(scope, receive, route, ctx)
+            work = await self._work(scope, receive, endpoint, ctx)
             reply = await unless_disconnected(receive, work)
             answer: Answer = json_answer(reply) if isinstance(reply, BaseModel) else reply
         except APIError as exc:
@@ -105,25 +110,26 @@ class GatewayApp:
         await answer(scope, receive, send)
 
     async def _work(
-        self, scope: Scope, receive: Receive, route: Route | None, ctx: RequestContext
+        self, scope: Scope, receive: Receive, endpoint: Endpoint | None, ctx: RequestContext
     ) -> Awaitable[Any]:
         """The route's serving call, its request read (not yet awaited)."""
-        if route is None:
+        if endpoint is None:
             methods = self.routes.methods(scope["path"])
             if methods:
                 raise MethodNotAllowedError(
                     "Method Not Allowed", headers={"Allow": ", ".join(methods)}
                 )
             raise NotFoundError(self.routes.unknown_route_message())
+        route = endpoint.route
         if route.request is None:
-            return route.serve(ctx)
+            return endpoint.call(ctx)
         body = await read_body(receive, self.max_request_bytes)
         content_type = None
         for name, value in scope["headers"]:
             if name == b"content-type":
                 content_type = value
                 break
-        return route.serve(parse_request(route.request, body, content_type), ctx)
+        return endpoint.call(parse_request(route.request, body, content_type), ctx)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -4,13 +4,14 @@ error statuses it gives (in OpenAI's envelope) and who may call it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from serving.api.responses import BodyAnswer, json_answer
-from serving.api.routes import Access, RouteTable
+from serving.api.route_table import Access, Route
 from serving.errors import ErrorResponse
 from serving.request_context import RequestContext
 
@@ -30,9 +31,10 @@ _STATUS_TEXT = {
 }
 
 
-def openapi_document(routes: RouteTable, *, title: str, version: str) -> dict[str, Any]:
+def openapi_document(routes: Iterable[Route], *, title: str, version: str) -> dict[str, Any]:
+    routes = list(routes)
     models: list[type[BaseModel]] = [ErrorResponse]
-    for route in routes.routes:
+    for route in routes:
         if route.in_schema:
             models += [m for m in (route.request, route.response) if m is not None]
     unique = list(dict.fromkeys(models))
@@ -40,7 +42,7 @@ def openapi_document(routes: RouteTable, *, title: str, version: str) -> dict[st
         [(model, "validation") for model in unique], ref_template=_REF
     )
     paths: dict[str, dict[str, Any]] = {}
-    for route in routes.routes:
+    for route in routes:
         if not route.in_schema:
             continue
         answer: dict[str, Any] = {"description": _STATUS_TEXT[200]}
@@ -89,21 +91,16 @@ def openapi_document(routes: RouteTable, *, title: str, version: str) -> dict[st
 
 
 class OpenAPIServing:
-    """GET /openapi.json: the document of the table it is given (once built)."""
+    """GET /openapi.json: the document of ``routes`` (rendered at the first request)."""
 
-    def __init__(self, *, title: str, version: str) -> None:
+    def __init__(self, routes: Iterable[Route], *, title: str, version: str) -> None:
+        self.routes = tuple(routes)
         self.title = title
         self.version = version
-        self.routes: RouteTable | None = None
         self._answer: BodyAnswer | None = None
-
-    def describe(self, routes: RouteTable) -> None:
-        self.routes = routes
-        self._answer = None
 
     async def serve(self, ctx: RequestContext) -> BodyAnswer:
         if self._answer is None:
-            assert self.routes is not None, "describe() the route table first"
             document = openapi_document(self.routes, title=self.title, version=self.version)
             self._answer = json_answer(document)
         return self._answer

@@ -21,6 +21,7 @@ from serving.cluster.engine_guard import TOKEN_ENV
 from serving.config import EngineConfig
 
 GUARD_MIDDLEWARE = "serving.cluster.engine_guard.EngineGuard"
+ENGINE_STOP_GRACE_S = 15.0  # vLLM's time to stop in order before SIGKILL
 _PR_SET_PDEATHSIG = 1
 
 
@@ -125,7 +126,7 @@ def spawn_engine(
     log_path: Path,
     cpus: list[int] | None = None,
     *,
-    grace_s: float = 15.0,
+    grace_s: float = ENGINE_STOP_GRACE_S,
 ) -> subprocess.Popen[bytes]:
     """Start the engine under its supervisor, in its own process group, logging
     to ``log_path``. The supervisor dies with this process (parent-death signal)
@@ -148,7 +149,9 @@ def spawn_engine(
         )
 
 
-def stop_engine(process: subprocess.Popen[bytes], *, grace_s: float = 15.0) -> None:
+def stop_engine(
+    process: subprocess.Popen[bytes], *, grace_s: float = ENGINE_STOP_GRACE_S
+) -> None:
     """SIGTERM the engine's process group, then SIGKILL what is left after ``grace_s``."""
     if process.poll() is not None:
         _kill_group(process.pid, signal.SIGKILL)

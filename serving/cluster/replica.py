@@ -44,6 +44,7 @@ from serving.engine_link.http import EngineConnectionPool, EngineHTTPError
 from serving.engine_link.replica_info import ReplicaInfo, ReplicaState
 from serving.fim_templates import fim_template
 from serving.paths import logs_dir
+from serving.tokens import TokenCounter
 
 _PROBE_TIMEOUT_S = 5.0  # start-up probes (models, chat template, FIM tokens)
 
@@ -79,14 +80,27 @@ class ReplicaActor:
         self._http = EngineConnectionPool(connect_s=_PROBE_TIMEOUT_S, total_s=_PROBE_TIMEOUT_S)
         self._auth = f"Authorization: Bearer {self.token}\r\n".encode()
         self._started_at = time.monotonic()
+        self.process: subprocess.Popen[bytes] | None = None
+        # A FIM template that does not fit the tokenizer is a configuration
+        # error: known from the tokenizer file, before minutes of engine start-up.
+        problem = self._fim_problem_from_files()
+        if problem:
+            self._fail_for_good(problem)
+            return
         # Started here, not in a method: when Ray restarts a dead replica it
         # runs __init__ again, and the new engine boots without anybody asking.
-        self.process: subprocess.Popen[bytes] = spawn_engine(
+        self.process = spawn_engine(
             engine_command(engine, host=self.host, port=self.port),
             {**engine_environment(engine, token=self.token), **(engine_env or {})},
             self.log_path,
             cpus=engine.cpu_affinity,
         )
+
+    def _fail_for_good(self, problem: str) -> None:
+        """A configuration error: restarting would fail the same way."""
+        self.fatal = True
+        self.state = ReplicaState.FAILED
+        self.message = problem
 
     def _bind_host(self, local_ray: bool) -> str:
         mode = self.group.bind
@@ -128,12 +142,37 @@ class ReplicaActor:
             return False
         return status == 200
 
-    async def _check_fim_tokens(self) -> str:
-        """Each special token of the FIM template must be one token of this model."""
+    def _fim_problem(self, counts: dict[str, int]) -> str:
+        """What is wrong with the FIM template, given how many tokens each of its
+        special tokens is in this model's tokenizer (each must be one)."""
+        problems = [f"{token!r} is {count} tokens" for token, count in counts.items() if count != 1]
+        if not problems:
+            return ""
+        return (
+            f"engine.fim_template {self.group.engine.fim_template!r} does not fit this model's "
+            "tokenizer: " + "; ".join(problems) + ". Choose the template of the model family "
+            "(or `none`)."
+        )
+
+    def _fim_problem_from_files(self) -> str:
+        """The FIM check with the model's own tokenizer.json, when it is at hand."""
         template = fim_template(self.group.engine.fim_template)
         if template is None:
             return ""
-        problems = []
+        try:
+            counter = TokenCounter(self.tokenizer_json())
+        except OSError:
+            return ""
+        if not counter.exact:
+            return ""  # no tokenizer file here: the engine's /tokenize will tell
+        return self._fim_problem({token: counter.count(token) for token in template.tokens})
+
+    async def _check_fim_tokens(self) -> str:
+        """The FIM check with the engine's own /tokenize."""
+        template = fim_template(self.group.engine.fim_template)
+        if template is None:
+            return ""
+        counts = {}
         for token in template.tokens:
             body = {
                 "model": self.group.engine.served_model_name,
@@ -143,16 +182,8 @@ class ReplicaActor:
             status, raw = await self._call("POST", "/tokenize", body)
             if status != 200:
                 raise EngineHTTPError(f"/tokenize answered HTTP {status}")
-            ids = json.loads(raw)["tokens"]
-            if len(ids) != 1:
-                problems.append(f"{token!r} is {len(ids)} tokens")
-        if not problems:
-            return ""
-        return (
-            f"engine.fim_template {template.name!r} does not fit this model's tokenizer: "
-            + "; ".join(problems)
-            + ". Choose the template of the model family (or `none`)."
-        )
+            counts[token] = len(json.loads(raw)["tokens"])
+        return self._fim_problem(counts)
 
     def tokenizer_json(self) -> str | None:
         """The model's tokenizer.json (for the gateway's token budgets), if it has one."""
@@ -183,6 +214,8 @@ class ReplicaActor:
         return status == 200
 
     def _exited(self) -> bool:
+        if self.process is None:
+            return True  # never started (a configuration error)
         if self.process.poll() is None:
             return False
         self.state = ReplicaState.FAILED
@@ -204,11 +237,8 @@ class ReplicaActor:
                 self.has_chat_template = await self._probe_chat_template()
                 problem = await self._check_fim_tokens()
                 if problem:
-                    # A configuration error: restarting would fail the same way.
-                    self.fatal = True
-                    self.state = ReplicaState.FAILED
-                    self.message = problem
-                    await asyncio.to_thread(stop_engine, self.process)
+                    self._fail_for_good(problem)
+                    await self._terminate_engine()
                     break
                 self.state = ReplicaState.READY
                 break
@@ -259,7 +289,8 @@ class ReplicaActor:
                     if self.state is ReplicaState.READY:
                         self.message = f"{self._failed_checks} health checks failed in a row"
                     self.state = ReplicaState.UNHEALTHY
-        if self.state is ReplicaState.FAILED and not self.fatal and self.process.poll() is not None:
+        engine_gone = self.process is not None and self.process.poll() is not None
+        if self.state is ReplicaState.FAILED and not self.fatal and engine_gone:
             # A dead engine makes the actor exit so that Ray restarts it
             # (bounded by max_restarts); the controller sees RESTARTING.
             asyncio.get_running_loop().call_later(0.2, os._exit, 1)
@@ -273,7 +304,7 @@ class ReplicaActor:
             max_model_len=self.max_model_len,
             has_chat_template=self.has_chat_template,
             fim_template=self.group.engine.fim_template,
-            engine_pid=self.process.pid,
+            engine_pid=self.process.pid if self.process is not None else None,
             node_ip=self.host,
             log_path=str(self.log_path),
             message=self.message,
@@ -293,8 +324,13 @@ class ReplicaActor:
             await asyncio.sleep(0.2)
         return False
 
+    async def _terminate_engine(self) -> None:
+        """SIGTERM the engine, then SIGKILL its whole process group."""
+        if self.process is not None:
+            await asyncio.to_thread(stop_engine, self.process)
+
     async def stop(self) -> None:
-        """Stop the engine (SIGTERM, then SIGKILL of its whole process group)."""
+        """Stop the engine for good."""
         self.state = ReplicaState.STOPPED
-        await asyncio.to_thread(stop_engine, self.process)
+        await self._terminate_engine()
         self._http.close()

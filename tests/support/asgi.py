@@ -9,13 +9,15 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from serving.api.app import build_app
 from serving.api.gateway import GatewayApp
-from serving.config import ServingConfig
+from serving.config import SandboxConfig, ServingConfig
 from serving.observability.metrics import GatewayMetrics
+from serving.sandbox import Sandbox
 from serving.upstream.registry import ReplicaRegistry
 from tests.support.scripted_engine import ScriptedCluster, ScriptedEngine
 
@@ -89,7 +91,7 @@ async def call(
     gone = leave or asyncio.Event()
 
     async def receive() -> dict[str, Any]:
-        if pending:
+        if pending and not (leave is not None and gone.is_set()):
             return pending.pop(0)
         await gone.wait()
         return {"type": "http.disconnect"}
@@ -142,6 +144,18 @@ def scripted_config(tmp_path: Path | None = None, **sections: Any) -> ServingCon
     return ServingConfig.model_validate(values)
 
 
+@cache
+def shared_sandbox() -> Sandbox:
+    """One sandbox for the in-process gateways (its isolation probe runs once)."""
+    return Sandbox(SandboxConfig())
+
+
+def gateway_app(config: ServingConfig, registry: ReplicaRegistry, **build: Any) -> GatewayApp:
+    """``build_app`` with the shared sandbox (unless one is given)."""
+    build.setdefault("sandbox", shared_sandbox())
+    return build_app(config, registry, **build)
+
+
 @dataclass
 class ScriptedGateway:
     app: GatewayApp
@@ -169,7 +183,7 @@ async def scripted_gateway(
     cluster = ScriptedCluster(list(engines))
     registry = ReplicaRegistry(cluster, refresh_interval_s=0.05)
     metrics = GatewayMetrics()
-    app = build_app(
+    app = gateway_app(
         config or scripted_config(),
         registry,
         transport=cluster.transport(),

@@ -54,6 +54,7 @@ class Received:
     payload: dict[str, Any]
     hung_up: bool = False  # the gateway closed the connection mid-answer
     finished: bool = False  # the engine sent its whole answer
+    sent: bytes = b""  # the body the engine wrote
 
 
 def _dumps(value: Any, spaced: bool, rng: random.Random) -> bytes:
@@ -86,6 +87,19 @@ class ScriptedEngine:
         self.extra_waiting = 0.0  # more load, as if from other gateways
         self.kv_cache_usage = 0.0
         self._rng = random.Random(0)
+        self._arrival: asyncio.Event | None = None
+
+    def got(self, received: Received) -> None:
+        self.received.append(received)
+        if self._arrival is not None:
+            self._arrival.set()
+
+    async def requests(self, count: int = 1) -> None:
+        """Until this engine has received ``count`` requests."""
+        while len(self.received) < count:
+            self._arrival = self._arrival or asyncio.Event()
+            await self._arrival.wait()
+            self._arrival.clear()
 
     def then(self, *scripts: Script) -> ScriptedEngine:
         """The next requests take these scripts, in order."""
@@ -236,6 +250,8 @@ class ScriptedAnswer:
         self._started.set()
 
     def feed(self, data: bytes) -> None:
+        if self.received is not None:
+            self.received.sent += data
         self._queue.put_nowait(data)
 
     def end(self) -> None:
@@ -319,7 +335,7 @@ class ScriptedTransport:
         if b"Authorization: Bearer " + token not in headers:
             raise AssertionError("the gateway sent no (or the wrong) engine secret")
         received = Received(path, json.loads(body) if body else {})
-        engine.received.append(received)
+        engine.got(received)
         script = engine.scripts.popleft() if engine.scripts else engine.default
         answer = ScriptedAnswer(idle_s, 600.0 if total_s is None else total_s)
         answer.received = received
