@@ -15,7 +15,7 @@ from serving.api.gateway import GatewayApp
 from serving.api.openai_serving import OpenAIServing
 from serving.api.openapi import OpenAPIServing
 from serving.api.route_table import RouteTable
-from serving.api.routes import GATEWAY_ROUTES, METRICS_ROUTES
+from serving.api.routes import METRICS_ROUTES, gateway_routes
 from serving.api.state import GatewayState
 from serving.api.status import StatusServing
 from serving.api.suggestion_events import SuggestionEvents
@@ -75,15 +75,16 @@ def build_app(
     sandbox = sandbox or Sandbox(config.sandbox, on_run=count_run)
     completer = CodeCompleter(dispatcher, registry, config.tasks)
     status = StatusServing(registry, state, metrics)
+    declared = gateway_routes(metrics_on_main_port=config.gateway.metrics_port is None)
     routes = RouteTable(
-        GATEWAY_ROUTES,
+        declared,
         services=[
             OpenAIServing(config.gateway, registry, dispatcher, completer),
             CodeServing(config.tasks, registry, completer, sandbox),
             events,
             status,
             AdminServing(registry),
-            OpenAPIServing(GATEWAY_ROUTES, title="Seed Serve", version=__version__),
+            OpenAPIServing(declared, title="Seed Serve", version=__version__),
         ],
     )
     front_door = FrontDoor(

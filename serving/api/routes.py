@@ -85,3 +85,11 @@ METRICS_ROUTES: tuple[Route, ...] = (
     Route("GET", "/metrics/engines", StatusServing.engine_metrics, "The engines' metrics.",
           access=Access.OPEN),
 )  # fmt: skip
+
+
+def gateway_routes(*, metrics_on_main_port: bool) -> tuple[Route, ...]:
+    """The main port's routes: the metrics move to their own port when it is set."""
+    if metrics_on_main_port:
+        return GATEWAY_ROUTES
+    moved = {route.path for route in METRICS_ROUTES}
+    return tuple(route for route in GATEWAY_ROUTES if route.path not in moved)

@@ -149,9 +149,7 @@ def spawn_engine(
         )
 
 
-def stop_engine(
-    process: subprocess.Popen[bytes], *, grace_s: float = ENGINE_STOP_GRACE_S
-) -> None:
+def stop_engine(process: subprocess.Popen[bytes], *, grace_s: float = ENGINE_STOP_GRACE_S) -> None:
     """SIGTERM the engine's process group, then SIGKILL what is left after ``grace_s``."""
     if process.poll() is not None:
         _kill_group(process.pid, signal.SIGKILL)

@@ -52,10 +52,11 @@ class GatewayConfig(Strict):
         description="On SIGTERM: refuse new requests (503) and let in-flight ones finish this long.",
     )
     replica_refresh_interval_s: float = Field(
-        default=1.0,
+        default=0.5,
         gt=0.0,
         le=300.0,
-        description="How often the gateway refreshes the replica list from Ray.",
+        description="How often the gateway refreshes the replica list, and with it each engine's "
+        "load as its replica last read it (a call to the controller, off the request path).",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the gateway."

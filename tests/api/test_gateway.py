@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from serving.admission.keys import create_key
+from serving.api.app import build_metrics_app
 from serving.api.route_table import Access, route_tasks
 from serving.api.routes import GATEWAY_ROUTES
 from serving.upstream.registry import ReplicaRegistry
@@ -150,6 +151,29 @@ def test_access_comes_from_the_route(tmp_path: Path) -> None:
         "admin route, user key": 403,
         "admin route, admin key": 200,
     }
+
+
+def test_metrics_move_to_their_own_port_when_it_is_set(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.yaml"
+    _, admin = create_key(keys, tenant="ops", name="root", role="admin")
+    auth = {"enabled": True, "keys_file": str(keys)}
+
+    async def scenario() -> tuple[int, int, int, int]:
+        headers = {"authorization": f"Bearer {admin}"}
+        async with scripted_gateway(
+            ScriptedEngine("s-0"), config=scripted_config(auth=auth)
+        ) as gateway:
+            on_main = (await gateway.call("GET", "/metrics", headers=headers)).status
+        config = scripted_config(auth=auth, gateway={"metrics_port": 9464})
+        async with scripted_gateway(ScriptedEngine("s-0"), config=config) as gateway:
+            moved = (await gateway.call("GET", "/metrics", headers=headers)).status
+            port_app = build_metrics_app(gateway.app)
+            own_port = await call(port_app, "GET", "/metrics")  # no key there
+            engines = await call(port_app, "GET", "/metrics/engines")
+        assert b"seed_serve_requests_total" in own_port.body
+        return on_main, moved, own_port.status, engines.status
+
+    assert asyncio.run(scenario()) == (200, 404, 200, 200)
 
 
 def test_bodies_over_the_limit_are_413_declared_or_not() -> None:

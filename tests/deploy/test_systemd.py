@@ -2,7 +2,7 @@
 `seed-serve up` with the config it names, and gives a stop the time the
 config's drain and the engines' grace need. That `seed-serve up` stops at
 once and cleanly when the whole group is signalled, as this unit's KillMode
-does, is tested end to end in tests/e2e/test_cli.py."""
+does, is tested end to end in tests/e2e/demo/test_stopping.py."""
 
 from __future__ import annotations
 

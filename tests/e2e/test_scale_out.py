@@ -146,6 +146,7 @@ def test_least_loaded_moves_traffic_away_from_a_busy_replica(
             "routing": {"policy": "least_loaded"},
             "auth": {"keys_file": str(stack.keys_file)},
             "admission": {"stats_interval_s": 0.2},
+            "gateway": {"replica_refresh_interval_s": 0.2},
         },
     )
     try:
@@ -167,7 +168,9 @@ def test_least_loaded_moves_traffic_away_from_a_busy_replica(
         threads = [threading.Thread(target=occupy) for _ in range(3)]
         for thread in threads:
             thread.start()
-        time.sleep(1.5)  # the gateway polls engine load every 0.2 s
+        # Each replica reads its engine's load at every health check (0.5 s);
+        # the gateway refreshes the replica list, load included, every 0.2 s.
+        time.sleep(1.5)
         served = [
             served_by(
                 gateway.http.post(

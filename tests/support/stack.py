@@ -237,11 +237,8 @@ class JoinedGateway(SeedServeProcess):
 
     def __init__(self, stack: SeedServeProcess, workdir: Path, config: dict[str, Any]) -> None:
         state = stack.run_state()
-        merged = {
-            "gateway": {"host": "127.0.0.1", "port": free_port()},
-            "ray": {"namespace": state["namespace"]},
-            **config,
-        }
+        merged = {"ray": {"namespace": state["namespace"]}, **config}
+        merged["gateway"] = {"host": "127.0.0.1", "port": free_port(), **config.get("gateway", {})}
         merged.setdefault("auth", {}).setdefault("demo_key_file", None)
         super().__init__(
             "gateway", merged, workdir, extra_args=["--ray-address", state["ray_address"]]

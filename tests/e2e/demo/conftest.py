@@ -44,7 +44,8 @@ def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServePr
             }
         ],
     }
-    stack = SeedServeProcess("up", config, tmp_path_factory.mktemp("demo-stack"))
+    # A process group of its own: test_stopping.py stops it as systemd would.
+    stack = SeedServeProcess("up", config, tmp_path_factory.mktemp("demo-stack"), own_group=True)
     try:
         stack.wait_ready()
         yield stack
