@@ -131,6 +131,36 @@ async def replay(
     return records
 
 
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def _policy_result(
+    records: list[RequestRecord],
+    before: dict[str, tuple[float, float]],
+    after: dict[str, tuple[float, float]],
+    policy: str,
+) -> dict[str, Any]:
+    ok = [r for r in records if r.ok]
+    first_errors = sorted({r.error for r in records if r.error})[:3]
+    if not ok:
+        raise SystemExit(f"{policy}: every request failed, e.g. {first_errors[:1]}")
+    hits = sum(after[k][0] - before[k][0] for k in after)
+    queries = sum(after[k][1] - before[k][1] for k in after)
+    return {
+        "requests": len(records),
+        "ok": len(ok),
+        "errors": len(records) - len(ok),
+        "ttft_ms": summarize([r.ttft for r in ok if r.ttft is not None]),
+        "e2e_ms": summarize([r.e2e for r in ok]),
+        "prefix_cache_hit_rate": round(hits / queries, 4) if queries else None,
+        "per_replica_queries": {k: after[k][1] - before[k][1] for k in after},
+        "first_errors": first_errors,
+    }
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.common.engines import running_replicas
 
@@ -153,37 +183,35 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     folder = results_dir(args.out, "routing")
     progress = Progress(len(policies), "policies")
-    for n, policy in enumerate(policies):
-        port = args.port + n
-        process = start_gateway(policy, port, state, folder / f"gateway-{policy}.log")
-        try:
-            await wait_until_up(
-                f"http://127.0.0.1:{port}/ready", ok=201, timeout_s=180, process=process
+    # Every policy's gateway starts up front, together (an idle gateway costs
+    # the engines nothing); each is measured alone, then stopped.
+    gateways = {
+        policy: start_gateway(policy, args.port + n, state, folder / f"gateway-{policy}.log")
+        for n, policy in enumerate(policies)
+    }
+    try:
+        await asyncio.gather(
+            *(
+                wait_until_up(
+                    f"http://127.0.0.1:{args.port + n}/ready",
+                    ok=201,
+                    timeout_s=180,
+                    process=gateways[policy],
+                )
+                for n, policy in enumerate(policies)
             )
+        )
+        for n, policy in enumerate(policies):
             before = engine_counters(replicas)
             files = corpus[n * share : (n + 1) * share]
-            records = await replay(args, f"http://127.0.0.1:{port}", files, args.seed + n)
+            records = await replay(args, f"http://127.0.0.1:{args.port + n}", files, args.seed + n)
             after = engine_counters(replicas)
-        finally:
-            process.terminate()
-            process.wait(timeout=60)
-        ok = [r for r in records if r.ok]
-        first_errors = sorted({r.error for r in records if r.error})[:3]
-        if not ok:
-            raise SystemExit(f"{policy}: every request failed, e.g. {first_errors[:1]}")
-        hits = sum(after[k][0] - before[k][0] for k in after)
-        queries = sum(after[k][1] - before[k][1] for k in after)
-        results[policy] = {
-            "requests": len(records),
-            "ok": len(ok),
-            "errors": len(records) - len(ok),
-            "ttft_ms": summarize([r.ttft for r in ok if r.ttft is not None]),
-            "e2e_ms": summarize([r.e2e for r in ok]),
-            "prefix_cache_hit_rate": round(hits / queries, 4) if queries else None,
-            "per_replica_queries": {k: after[k][1] - before[k][1] for k in after},
-            "first_errors": first_errors,
-        }
-        progress.update(n + 1, f"{policy}: TTFT p50 {results[policy]['ttft_ms']['p50']} ms")
+            _stop(gateways[policy])
+            results[policy] = _policy_result(records, before, after, policy)
+            progress.update(n + 1, f"{policy}: TTFT p50 {results[policy]['ttft_ms']['p50']} ms")
+    finally:
+        for process in gateways.values():
+            _stop(process)
     progress.close()
     base = results.get("round_robin", {}).get("ttft_ms", {})
     for entry in results.values():

@@ -5,6 +5,7 @@ runs against real engines are in tests/e2e/."""
 
 from __future__ import annotations
 
+import ast
 import os
 import random
 from pathlib import Path
@@ -12,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from benchmarks.common.stats import percentile, summarize
-from benchmarks.load.workload import Mix, PromptFactory, default_source_tree, load_corpus
+from benchmarks.load.workload import (
+    Mix,
+    PromptFactory,
+    _source_of,
+    default_source_tree,
+    load_corpus,
+)
 from benchmarks.quality.__main__ import Problem, _changed_lines, load_problems
 from benchmarks.quality.bugs import OPERATORS, inject, mutants
 from tests.support.benchmarks import report, run_benchmark
@@ -45,6 +52,20 @@ def test_workload_uses_real_code_and_the_mix() -> None:
     assert 0.12 < picks.count("repair") / 4000 < 0.18
     with pytest.raises(ValueError, match="add up to 1"):
         Mix.parse("completion=0.5,repair=0.1,tests=0.1")
+
+
+def test_functions_are_cut_from_their_files_as_the_ast_says() -> None:
+    """The corpus's own source cutting gives what ast.get_source_segment gives."""
+    root = default_source_tree()
+    checked = 0
+    for source in load_corpus(root, max_files=25, seed=2):
+        text = (root / source.path).read_text(encoding="utf-8")
+        lines = text.splitlines(keepends=True)
+        for node in ast.parse(text).body:
+            if isinstance(node, ast.FunctionDef | ast.ClassDef):
+                assert _source_of(lines, node) == ast.get_source_segment(text, node)
+                checked += 1
+    assert checked > 50
 
 
 @pytest.mark.parametrize("operator", OPERATORS)

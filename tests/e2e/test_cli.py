@@ -8,9 +8,14 @@ import time
 from pathlib import Path
 
 import openai
-import psutil
 
-from tests.support.stack import TINY_MODEL, SeedServeProcess, free_port, tiny_config
+from tests.support.stack import (
+    TINY_MODEL,
+    SeedServeProcess,
+    free_port,
+    still_running,
+    tiny_config,
+)
 
 
 def test_up_serves_then_stops_cleanly(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -44,12 +49,8 @@ def test_up_serves_then_stops_cleanly(tiny_model_dir: Path, tmp_path: Path) -> N
         began = time.monotonic()
         assert stack.stop() == 0, stack.log()[-3000:]
         # Give the kernel a moment to reap, then nothing it started may remain.
-        deadline = time.monotonic() + 30
-        alive = started
-        while alive and time.monotonic() < deadline:
-            alive = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-            time.sleep(0.5)
-        assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
+        alive = still_running(started)
+        assert not alive, alive
         assert time.monotonic() - began < 120
         assert not (stack.home / "run" / "up.json").exists()
     finally:

@@ -308,6 +308,8 @@ class ScriptedAnswer:
             self.received.hung_up = True
         if self.task is not None:
             self.task.cancel()
+        # As the HTTP client does: whoever waits for the next bytes learns now.
+        self._queue.put_nowait(EngineConnectionError("the response was closed"))
 
 
 class ScriptedTransport:

@@ -202,6 +202,17 @@ class SeedServeProcess:
             self.process.kill()
 
 
+def still_running(processes: list[psutil.Process], within_s: float = 30) -> list[str]:
+    """The command lines of ``processes`` still running after ``within_s``
+    (the kernel gets a moment to reap them)."""
+    deadline = time.monotonic() + within_s
+    alive = processes
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.5)
+    return [" ".join(p.cmdline())[:120] for p in alive]
+
+
 def replica_endpoints(stack: SeedServeProcess) -> list[dict[str, Any]]:
     """Each replica's engine URL and secret, asked of the controller through Ray
     (what a gateway learns; tests use it to read engines' own metrics)."""

@@ -6,11 +6,7 @@ exited 1). This module runs last in this folder: it ends the stack."""
 
 from __future__ import annotations
 
-import time
-
-import psutil
-
-from tests.support.stack import DEMO_MODEL, SeedServeProcess
+from tests.support.stack import DEMO_MODEL, SeedServeProcess, still_running
 
 
 def test_a_signal_to_the_whole_group_stops_everything_at_once(
@@ -28,12 +24,8 @@ def test_a_signal_to_the_whole_group_stops_everything_at_once(
     names = " ".join(" ".join(p.cmdline()) for p in started if p.is_running())
     assert "gcs_server" in names and "vllm.entrypoints.openai.api_server" in names
     assert stack.stop(group=True, timeout_s=50) == 0, stack.log()[-3000:]
-    deadline = time.monotonic() + 30
-    alive = started
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        time.sleep(0.5)
-    assert not alive, [" ".join(p.cmdline())[:120] for p in alive]
+    alive = still_running(started)
+    assert not alive, alive
     log = stack.log()
     assert "Failed to connect to GCS" not in log
     assert "Ray does not answer" in log  # it knew Ray was stopping, and did not wait

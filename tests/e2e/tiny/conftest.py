@@ -19,11 +19,12 @@ def tiny_stack(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SeedServeProcess]:
     """`seed-serve up` with two tiny replicas on real local Ray, over real HTTP."""
-    stack = SeedServeProcess(
-        "up",
-        tiny_config(tiny_model_dir, port=free_port(), replicas=2),
-        tmp_path_factory.mktemp("tiny-stack"),
-    )
+    config = tiny_config(tiny_model_dir, port=free_port(), replicas=2)
+    # The tiny model's generations are noise (its weights are random): shorter
+    # candidates keep the test-generation and repair routes quick for the
+    # fuzzing and the quality run (they spent ~2 of the suite's minutes here).
+    config["tasks"] = {"tests_max_tokens": 128, "tests_regenerations": 0, "repair_max_tokens": 128}
+    stack = SeedServeProcess("up", config, tmp_path_factory.mktemp("tiny-stack"))
     try:
         stack.wait_ready(replicas=2)
         yield stack
