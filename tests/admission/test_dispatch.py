@@ -123,7 +123,7 @@ def test_an_engines_error_event_mid_stream_reaches_the_client() -> None:
 
 
 def test_a_first_token_that_does_not_come_in_time_is_retried_elsewhere() -> None:
-    config = scripted_config(timeouts={"first_token_s": 0.2, "idle_s": 5})
+    config = scripted_config(timeouts={"first_token_s": 0.5, "idle_s": 5})
 
     async def scenario() -> None:
         slow = ScriptedEngine("s-0", default=Script(stall_after=0))
@@ -139,7 +139,7 @@ def test_a_first_token_that_does_not_come_in_time_is_retried_elsewhere() -> None
 
 
 def test_a_stream_that_goes_idle_ends_with_an_error_event() -> None:
-    config = scripted_config(timeouts={"first_token_s": 5, "idle_s": 0.2})
+    config = scripted_config(timeouts={"first_token_s": 5, "idle_s": 0.5})
 
     async def scenario() -> None:
         stalling = ScriptedEngine("s-0", default=Script(tokens=5, stall_after=2))

@@ -58,14 +58,14 @@ def test_functions_are_cut_from_their_files_as_the_ast_says() -> None:
     """The corpus's own source cutting gives what ast.get_source_segment gives."""
     root = default_source_tree()
     checked = 0
-    for source in load_corpus(root, max_files=25, seed=2):
+    for source in load_corpus(root, max_files=8, seed=2):
         text = (root / source.path).read_text(encoding="utf-8")
         lines = text.splitlines(keepends=True)
         for node in ast.parse(text).body:
             if isinstance(node, ast.FunctionDef | ast.ClassDef):
                 assert _source_of(lines, node) == ast.get_source_segment(text, node)
                 checked += 1
-    assert checked > 50
+    assert checked > 20
 
 
 @pytest.mark.parametrize("operator", OPERATORS)

@@ -67,6 +67,16 @@ def tiny_config(model_dir: Path, *, port: int, replicas: int, name: str = "tiny"
     }
 
 
+def tiny_stack_config(model_dir: Path) -> dict[str, Any]:
+    """The shared tiny stack's config (tests/e2e/tiny): two tiny replicas."""
+    config = tiny_config(model_dir, port=free_port(), replicas=2)
+    # The tiny model's generations are noise (its weights are random): shorter
+    # candidates keep the test-generation and repair routes quick for the
+    # fuzzing and the quality run (they spent ~2 of the suite's minutes here).
+    config["tasks"] = {"tests_max_tokens": 128, "tests_regenerations": 0, "repair_max_tokens": 128}
+    return config
+
+
 class SeedServeProcess:
     """A `seed-serve` command in its own home folder, logging to a file."""
 

@@ -6,25 +6,19 @@ stack at a time: a second one idling beside it slows every engine on a
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
 
-from tests.support.stack import SeedServeProcess, free_port, tiny_config
+from tests.support.stack import SeedServeProcess
 
 
 @pytest.fixture(scope="package")
-def tiny_stack(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SeedServeProcess]:
-    """`seed-serve up` with two tiny replicas on real local Ray, over real HTTP."""
-    config = tiny_config(tiny_model_dir, port=free_port(), replicas=2)
-    # The tiny model's generations are noise (its weights are random): shorter
-    # candidates keep the test-generation and repair routes quick for the
-    # fuzzing and the quality run (they spent ~2 of the suite's minutes here).
-    config["tasks"] = {"tests_max_tokens": 128, "tests_regenerations": 0, "repair_max_tokens": 128}
-    stack = SeedServeProcess("up", config, tmp_path_factory.mktemp("tiny-stack"))
+def tiny_stack(early_tiny_stack: SeedServeProcess | None) -> Iterator[SeedServeProcess]:
+    """`seed-serve up` with two tiny replicas on real local Ray, over real HTTP
+    (started with the session: tests/conftest.py)."""
+    assert early_tiny_stack is not None, "tests/conftest.py starts it when tiny/ runs"
+    stack = early_tiny_stack
     try:
         stack.wait_ready(replicas=2)
         yield stack
