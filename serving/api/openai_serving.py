@@ -8,6 +8,7 @@ prefix alone) and trims the answer against the suffix.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -40,7 +41,7 @@ from serving.request_context import RequestContext
 from serving.tasks.completion import CodeCompleter
 from serving.upstream.client import EngineHTTPError
 from serving.upstream.registry import ModelStatus, ReplicaRegistry
-from serving.upstream.sse import SSEEvent, SSEReader
+from serving.upstream.sse import SSEReader, event_around
 
 logger = logging.getLogger("seed_serve.serving")
 
@@ -331,50 +332,60 @@ def _note_usage(ctx: RequestContext, data: dict[str, Any]) -> None:
         ctx.usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
 
-# Cheap tests for the few events the relay must read (any spacing JSON allows
-# between a key, its colon and its value): the usage event, and a choice that
-# finished. Only those events, and the first (for the id), are parsed.
+# What the relay reads of a stream, found in any JSON (any spacing between a
+# key, its colon and its value, any key order) without parsing every event:
+# a finish reason's value (a plain word: stop, length, ...), and the usage
+# event, which is parsed (and dropped unless the client asked for it).
+_FINISH_REASON = re.compile(rb'"finish_reason"\s*:\s*"([^"\\]{1,64})"')
 _HAS_USAGE = re.compile(rb'"usage"\s*:\s*\{')
-_HAS_FINISH = re.compile(rb'"finish_reason"\s*:\s*"')
 
 
 class _StreamReading:
     """What the relay reads of a stream it passes on: the answer's id (from the
-    first event), the finish reason, and the usage (whose event it drops
-    unless the client asked for it)."""
+    first event, parsed), the finish reason, and the usage (whose event it
+    drops unless the client asked for it). It reads whole batches of events
+    and parses two per stream: reading them one by one was about a fifth of
+    the app's CPU per streamed request (cProfile, 8-token streams)."""
 
     def __init__(self, ctx: RequestContext, keep_usage: bool) -> None:
         self.ctx = ctx
         self.keep_usage = keep_usage
         self.seen_first = False
 
-    def relay(self, event: SSEEvent) -> bool:
-        """Note what ``event`` says; False if it is not to be relayed."""
-        data = event.data
-        if data is None or not data.startswith(b"{"):
-            return True
+    def relay(self, batch: bytes) -> bytes:
+        """Note what ``batch`` (complete events) says; the bytes to relay."""
         ctx = self.ctx
-        keep = True
-        try:
-            if not self.seen_first:
-                self.seen_first = True
-                answer_id = event.json().get("id")
+        if not self.seen_first:
+            self.seen_first = True
+            with contextlib.suppress(ValueError, AttributeError):
+                answer_id = event_around(batch, 0)[1].json().get("id")
                 if isinstance(answer_id, str) and len(answer_id) <= 256:
                     ctx.response_id = answer_id
-            if b'"usage"' in data and _HAS_USAGE.search(data):
+        if ctx.finish_reason is None and b'"finish_reason"' in batch:
+            found = _FINISH_REASON.search(batch)
+            if found is not None:
+                ctx.finish_reason = found.group(1).decode("ascii", "replace")
+        if b'"usage"' in batch:
+            batch = self._read_usage(batch)
+        return batch
+
+    def _read_usage(self, batch: bytes) -> bytes:
+        """Note each usage event's counts; drop it unless the client asked."""
+        searched_from = 0
+        while (found := _HAS_USAGE.search(batch, searched_from)) is not None:
+            start, event = event_around(batch, found.start())
+            searched_from = start + len(event.raw)
+            try:
                 parsed = event.json()
-                _note_usage(ctx, parsed)
-                keep = self.keep_usage or bool(parsed.get("choices"))
-            if b'"finish_reason"' in data and _HAS_FINISH.search(data):
-                for choice in event.json().get("choices") or ():
-                    reason = choice.get("finish_reason")
-                    if isinstance(reason, str) and (
-                        ctx.finish_reason is None or choice.get("index") == 0
-                    ):
-                        ctx.finish_reason = reason
-        except (ValueError, AttributeError):  # not the JSON we expect: relay it as it is
-            return True
-        return keep
+            except ValueError:
+                continue  # not the JSON we expect: relay it as it is
+            if not isinstance(parsed, dict) or not isinstance(parsed.get("usage"), dict):
+                continue
+            _note_usage(self.ctx, parsed)
+            if not (self.keep_usage or parsed.get("choices")):
+                batch = batch[:start] + batch[searched_from:]
+                searched_from = start
+        return batch
 
 
 async def _relay(
@@ -388,14 +399,11 @@ async def _relay(
     reading = _StreamReading(ctx, keep_usage)
     try:
         async for chunk in call.chunks():
-            events, complete = reader.feed(chunk)
-            if not events:
-                continue
-            kept = [event for event in events if reading.relay(event)]
-            if len(kept) == len(events):
-                yield complete
-            elif kept:
-                yield b"".join(event.raw for event in kept)
+            complete = reader.feed(chunk)
+            if complete:
+                relayed = reading.relay(complete)
+                if relayed:
+                    yield relayed
         rest = reader.rest()
         if rest:
             yield rest

@@ -1,6 +1,6 @@
 """The one reader of an engine's server-sent events, for the stream relay
-(which passes events on untouched and parses only the few it must read) and
-for the task paths (which parse every event).
+(which passes the events on untouched as they complete, and reads only the
+few it must) and for the task paths (which parse every event).
 
 Events end with a blank line (``\\n\\n``, or ``\\r\\n\\r\\n``); an event's data is
 its ``data:`` lines joined by ``\\n``. Comments and other fields are kept in
@@ -54,29 +54,56 @@ def _data_of(body: bytes) -> bytes | None:
     return b"\n".join(line[6:] if line[5:6] == b" " else line[5:] for line in lines)
 
 
+def split_events(raw: bytes) -> list[SSEEvent]:
+    """The events of ``raw``: complete events, as :meth:`SSEReader.feed` gives them."""
+    if b"\r" not in raw:  # the common case: LF line ends
+        return [SSEEvent(body + b"\n\n", _data_of(body)) for body in raw.split(b"\n\n")[:-1]]
+    events: list[SSEEvent] = []
+    start = 0
+    for end in _ANY_END.finditer(raw):
+        events.append(SSEEvent(raw[start : end.end()], _data_of(raw[start : end.start()])))
+        start = end.end()
+    return events
+
+
+def event_around(raw: bytes, position: int) -> tuple[int, SSEEvent]:
+    """The event of ``raw`` (complete events) whose body holds byte
+    ``position``, and where it starts, found without splitting the others:
+    the relay reads one or two events out of each batch this way."""
+    if b"\r" in raw:  # CR framing (no engine here writes it): split them all
+        start = 0
+        for event in split_events(raw):
+            if start + len(event.raw) > position:
+                return start, event
+            start += len(event.raw)
+        raise ValueError("no complete event holds that position")
+    start = raw.rfind(b"\n\n", 0, position)
+    start = 0 if start < 0 else start + 2
+    end = raw.find(b"\n\n", position)
+    if end < 0:
+        raise ValueError("no complete event holds that position")
+    return start, SSEEvent(raw[start : end + 2], _data_of(raw[start:end]))
+
+
 class SSEReader:
-    """Splits a byte stream into complete events, whatever the chunking."""
+    """Cuts a byte stream at event boundaries, whatever the chunking: each feed
+    gives the events it completed, as raw bytes (the relay passes them on
+    as they are; :func:`split_events` makes events of them when needed)."""
 
     def __init__(self) -> None:
         self._pending = b""
 
-    def feed(self, chunk: bytes) -> tuple[list[SSEEvent], bytes]:
-        """The events completed by ``chunk``, and their raw bytes together."""
+    def feed(self, chunk: bytes) -> bytes:
+        """The bytes of the events ``chunk`` completed (``b""``: none yet)."""
         buffer = self._pending + chunk if self._pending else chunk
-        if b"\r" not in buffer:  # the common case: LF line ends
-            *bodies, self._pending = buffer.split(b"\n\n")
-            if not bodies:
-                return [], b""
-            complete = buffer[: len(buffer) - len(self._pending)]
-            return [SSEEvent(body + b"\n\n", _data_of(body)) for body in bodies], complete
-        events: list[SSEEvent] = []
-        start = 0
-        for end in _ANY_END.finditer(buffer):
-            body = buffer[start : end.start()]
-            events.append(SSEEvent(buffer[start : end.end()], _data_of(body)))
-            start = end.end()
-        self._pending = buffer[start:]
-        return events, buffer[:start]
+        if b"\r" not in buffer:
+            end = buffer.rfind(b"\n\n")
+            cut = end + 2 if end >= 0 else 0
+        else:
+            ends = list(_ANY_END.finditer(buffer))
+            cut = ends[-1].end() if ends else 0
+        self._pending = buffer[cut:]
+        return buffer[:cut]
 
     def rest(self) -> bytes:
         """What came after the last complete event (a stream cut short)."""
@@ -89,15 +116,14 @@ async def json_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[dict[str, A
     error event (``{"error": ...}``) raises :class:`UpstreamError`."""
     reader = SSEReader()
     async for chunk in chunks:
-        events, _ = reader.feed(chunk)
-        for data in _objects(events):
+        for data in _objects(split_events(reader.feed(chunk))):
             if data is None:
                 return
             yield data
     # A last event without its blank line (the stream was cut there): as meant.
     rest = reader.rest().strip()
     if rest:
-        for data in _objects(SSEReader().feed(rest + b"\n\n")[0]):
+        for data in _objects(split_events(rest + b"\n\n")):
             if data is not None:
                 yield data
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from serving.errors import UpstreamError
-from serving.upstream.sse import SSEReader, json_events
+from serving.upstream.sse import SSEReader, event_around, json_events, split_events
 
 STREAM = (
     b'data: {"id":"a","choices":[{"text":"x"}]}\n\n'
@@ -29,7 +29,8 @@ def test_events_are_whole_whatever_the_chunking(size: int) -> None:
     reader = SSEReader()
     events, raw = [], b""
     for chunk in _split(STREAM, size):
-        found, complete = reader.feed(chunk)
+        complete = reader.feed(chunk)
+        found = split_events(complete)
         events += found
         raw += complete
         assert complete == b"".join(e.raw for e in found)
@@ -46,10 +47,10 @@ def test_events_are_whole_whatever_the_chunking(size: int) -> None:
 
 def test_crlf_streams_and_a_cut_tail() -> None:
     reader = SSEReader()
-    events, complete = reader.feed(b'data: {"a": 1}\r\n\r\ndata: {"b"')
-    assert [e.json() for e in events] == [{"a": 1}]
-    assert complete == b'data: {"a": 1}\r\n\r\n'
-    assert reader.rest() == b'data: {"b"'
+    complete = reader.feed(b'data: {"a": 1}\r\n\r\ndata: {"b": 2}\r\n\r\ndata: {"c"')
+    assert [e.json() for e in split_events(complete)] == [{"a": 1}, {"b": 2}]
+    assert complete == b'data: {"a": 1}\r\n\r\ndata: {"b": 2}\r\n\r\n'
+    assert reader.rest() == b'data: {"c"'
 
 
 async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
@@ -73,3 +74,17 @@ def test_an_error_event_raises_in_the_task_path() -> None:
     with pytest.raises(UpstreamError) as caught:
         _collect(b'data: {"n": 1}\n\ndata: {"error": {"message": "out of memory"}}\n\n')
     assert caught.value.code == "engine_error" and "out of memory" in caught.value.message
+
+
+@pytest.mark.parametrize("end", [b"\n\n", b"\r\n\r\n"])
+def test_one_event_is_read_out_of_a_batch_without_splitting_the_rest(end: bytes) -> None:
+    events = [b'data: {"n": 1}', b'data: {"n": 2, "usage": {}}', b"data: [DONE]"]
+    batch = b"".join(event + end for event in events)
+    position = batch.index(b'"usage"')
+    start, event = event_around(batch, position)
+    assert event.raw == events[1] + end and event.json() == {"n": 2, "usage": {}}
+    assert batch[start : start + len(event.raw)] == event.raw
+    assert event_around(batch, 0) == (0, event_around(batch, 0)[1])
+    assert event_around(batch, 0)[1].json() == {"n": 1}
+    with pytest.raises(ValueError):
+        event_around(batch + b'data: {"cut', len(batch) + 3)
