@@ -100,13 +100,6 @@ class CompletionRequest(_SamplingFields):
             raise ValueError("best_of must be greater than or equal to n")
         return self
 
-    def prompt_count(self) -> int:
-        if isinstance(self.prompt, str):
-            return 1
-        if self.prompt and isinstance(self.prompt[0], int):
-            return 1
-        return len(self.prompt)
-
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")

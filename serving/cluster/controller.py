@@ -204,24 +204,15 @@ class ReplicaController:
 
     async def _remove(self, slot: _Slot) -> None:
         """Drain (no new requests; running ones finish), then stop and forget."""
-        import ray
-        from ray.util.placement_group import remove_placement_group
-
         group = self.groups.get(slot.group)
         timeout = group.drain_timeout_s if group else 60.0
         logger.info("draining replica %s (up to %gs)", slot.replica_id, timeout)
-        # Gateways refresh every second: give them time to see DRAINING first.
+        # Gateways refresh their replica lists every interval: let them see DRAINING first.
         await asyncio.sleep(self.config.gateway.replica_refresh_interval_s * 2)
         if slot.handle is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(slot.handle.drain.remote(timeout), timeout + 10)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(slot.handle.stop.remote(), 30)
-            with contextlib.suppress(Exception):
-                ray.kill(slot.handle, no_restart=True)
-        if slot.placement_group is not None:
-            with contextlib.suppress(Exception):
-                remove_placement_group(slot.placement_group)
+        await self._stop_slot(slot)
         if slot.waiting is not None:
             slot.waiting.cancel()
         self.slots.pop(slot.replica_id, None)
@@ -341,28 +332,29 @@ class ReplicaController:
 
     async def shutdown(self) -> None:
         """Stop every engine and replica actor."""
-        import ray
-        from ray.util.placement_group import remove_placement_group
-
         self._stopping = True
         for task in self._tasks:
             task.cancel()
         for slot in self.slots.values():
             if slot.waiting is not None:
                 slot.waiting.cancel()
+        await asyncio.gather(*(self._stop_slot(slot) for slot in self.slots.values()))
 
-        async def stop(slot: _Slot) -> None:
-            if slot.handle is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(slot.handle.stop.remote(), 30)
-                with contextlib.suppress(Exception):
-                    ray.kill(slot.handle, no_restart=True)
-            if slot.placement_group is not None:
-                with contextlib.suppress(Exception):
-                    remove_placement_group(slot.placement_group)
-            slot.info.state = ReplicaState.STOPPED
+    @staticmethod
+    async def _stop_slot(slot: _Slot) -> None:
+        """Stop the engine, kill the actor, free its resources (each step best-effort)."""
+        import ray
+        from ray.util.placement_group import remove_placement_group
 
-        await asyncio.gather(*(stop(slot) for slot in self.slots.values()))
+        if slot.handle is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(slot.handle.stop.remote(), 30)
+            with contextlib.suppress(Exception):
+                ray.kill(slot.handle, no_restart=True)
+        if slot.placement_group is not None:
+            with contextlib.suppress(Exception):
+                remove_placement_group(slot.placement_group)
+        slot.info.state = ReplicaState.STOPPED
 
 
 def create_or_get_controller(config: ServingConfig, *, local_ray: bool, detached: bool) -> Any:

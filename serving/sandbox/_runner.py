@@ -93,9 +93,6 @@ class Sandbox:
             )
         return self.isolation
 
-    def workdir_inside(self, workdir: Path) -> str:
-        return self.require().inside_path(workdir)
-
     async def run_python(
         self,
         files: dict[str, str],
