@@ -168,6 +168,8 @@ class Dispatcher:
 
     async def _attempt(self, lease: Lease, path: str, body: bytes, stream: bool) -> EngineCall:
         replica = lease.replica
+        if lease.ticket.cancel_reason == "superseded":  # between its slot and now
+            raise _ReplicaFailed("superseded before it was sent")
         try:
             upstream = await self.client.post(replica, path, body, stream=stream)
         except (TimeoutError, EngineHTTPError) as exc:
@@ -182,6 +184,11 @@ class Dispatcher:
             raise upstream_error(upstream.status, raw, replica)
         call = EngineCall(upstream, lease)
         lease.ticket.on_cancel = call.cancel
+        if lease.ticket.cancel_reason == "superseded":
+            # Superseded while its request was on the way (no on_cancel yet):
+            # abort now, or it would run to its end unseen.
+            upstream.close()
+            raise _ReplicaFailed("superseded while it was sent")
         try:
             if stream:
                 async with asyncio.timeout(self.timeouts.first_token_s):  # no extra task

@@ -262,3 +262,22 @@ def test_least_loaded_routing_follows_the_engines_load() -> None:
             assert sample(gateway, "seed_serve_replica_waiting_requests", replica="s-1") == 6
 
     run(scenario())
+
+
+def test_a_completion_superseded_while_its_request_is_on_the_way_is_aborted() -> None:
+    """Superseded between reaching the engine and its answer's headers (before
+    the gateway could abort it): it must still end, not run on unseen."""
+
+    async def scenario() -> None:
+        engine = ScriptedEngine("s-0", default=Script(tokens=20, pace_s=0.05, headers_delay_s=0.1))
+        async with scripted_gateway(engine) as gateway:
+            older = asyncio.create_task(_complete_doc(gateway, "x.py"))
+            await engine.requests(1)  # no pause: its headers are not there yet
+            newer = await _complete_doc(gateway, "x.py")
+            replaced = await older
+            assert replaced.status == 409
+            assert replaced.json()["error"]["code"] == "superseded"
+            assert engine.received[0].hung_up and not engine.received[0].finished
+            assert newer.status == 200
+
+    run(scenario())
