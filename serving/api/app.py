@@ -10,8 +10,11 @@ from serving.admission.quotas import Quotas
 from serving.admission.scheduler import AdmissionScheduler
 from serving.api.admin import AdminServing
 from serving.api.code_serving import CodeServing
+from serving.api.cursor import CursorCompletions
 from serving.api.front_door import FrontDoor
 from serving.api.gateway import GatewayApp
+from serving.api.llamacpp import LlamaCppServing
+from serving.api.ollama import OllamaServing
 from serving.api.openai_serving import OpenAIServing
 from serving.api.openapi import OpenAPIServing
 from serving.api.route_table import RouteTable
@@ -19,6 +22,7 @@ from serving.api.routes import METRICS_ROUTES, gateway_routes
 from serving.api.state import GatewayState
 from serving.api.status import StatusServing
 from serving.api.suggestion_events import SuggestionEvents
+from serving.api.tabby import TabbyServing
 from serving.config import LeastLoadedRouting, PrefixAffinityRouting, ServingConfig, SessionRouting
 from serving.observability.audit import AuditLog
 from serving.observability.metrics import GatewayMetrics
@@ -74,13 +78,18 @@ def build_app(
 
     sandbox = sandbox or Sandbox(config.sandbox, on_run=count_run)
     completer = CodeCompleter(dispatcher, registry, config.tasks)
+    cursor = CursorCompletions(config.tasks, registry, completer)
+    openai = OpenAIServing(config.gateway, registry, dispatcher, completer)
     status = StatusServing(registry, state, metrics)
     declared = gateway_routes(metrics_on_main_port=config.gateway.metrics_port is None)
     routes = RouteTable(
         declared,
         services=[
-            OpenAIServing(config.gateway, registry, dispatcher, completer),
-            CodeServing(config.tasks, registry, completer, sandbox),
+            openai,
+            CodeServing(config.tasks, cursor, sandbox),
+            OllamaServing(cursor, openai),
+            LlamaCppServing(cursor),
+            TabbyServing(cursor, events, device=_device(config)),
             events,
             status,
             AdminServing(registry),
@@ -126,6 +135,12 @@ def build_app(
     )
     app.state.update(metrics=metrics, gateway=state, status=status, registry=registry)
     return app
+
+
+def _device(config: ServingConfig) -> str:
+    """What the engines run on, as Tabby's health reports it (cuda / cpu)."""
+    devices = {group.engine.device for group in config.replica_groups}
+    return "cuda" if "cuda" in devices else "cpu"
 
 
 def build_metrics_app(gateway_app: GatewayApp) -> GatewayApp:

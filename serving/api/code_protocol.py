@@ -28,6 +28,17 @@ class _CodeRequest(BaseModel):
     )
 
 
+class ContextFile(BaseModel):
+    """A snippet of another file of the repository."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    path: str = Field(min_length=1, max_length=1024, description="Its path in the repository.")
+    text: str = Field(description="Its text (a definition, a few lines, or the whole file).")
+
+    _text = field_validator("path", "text")(_utf8)
+
+
 class CodeCompletionRequest(_CodeRequest):
     """POST /v1/code/completions: an IDE's completion at the cursor."""
 
@@ -51,6 +62,13 @@ class CodeCompletionRequest(_CodeRequest):
     stream: bool = False
     document: str | None = Field(
         default=None, max_length=512, description="Document identity (editor buffer id)."
+    )
+    context: list[ContextFile] | None = Field(
+        default=None,
+        max_length=64,
+        description="Snippets of other files, most relevant first: rendered into the prompt "
+        "in the model's repository format, as far as the context holds them after the "
+        "prefix and suffix.",
     )
 
     _text = field_validator("prefix", "suffix")(_utf8)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -17,55 +16,41 @@ from serving.api.code_protocol import (
     LineRange,
     TestFailureInfo,
 )
-from serving.api.openai_serving import resolve_model
+from serving.api.cursor import CursorCompletions, CursorRequest
 from serving.api.protocol import Usage
 from serving.api.responses import DONE, Answer, EventStream, guarded, json_answer, sse_event
 from serving.config import TasksConfig
 from serving.errors import BadRequestError
 from serving.request_context import RequestContext
 from serving.sandbox import Sandbox
-from serving.tasks.completion import CodeCompleter
 from serving.tasks.languages import UnsupportedLanguage, resolve_language
-from serving.tasks.postprocess import choose_mode
 from serving.tasks.repair import Repairer
+from serving.tasks.repo_snippets import Snippet
 from serving.tasks.testgen import TestWriter
-from serving.upstream.registry import ModelStatus, ReplicaRegistry
+from serving.upstream.registry import ModelStatus
 
 
 class CodeServing:
     def __init__(
         self,
         config: TasksConfig,
-        registry: ReplicaRegistry,
-        completer: CodeCompleter,
+        cursor: CursorCompletions,
         sandbox: Sandbox,
     ) -> None:
         self.config = config
-        self.registry = registry
-        self.completer = completer
+        self.cursor = cursor
+        self.completer = cursor.completer
         self.sandbox = sandbox
-        self.repairer = Repairer(completer, sandbox)
-        self.test_writer = TestWriter(completer, sandbox)
+        self.repairer = Repairer(cursor.completer, sandbox)
+        self.test_writer = TestWriter(cursor.completer, sandbox)
 
     # ------------------------------------------------------------------ shared checks
 
     def _model(self, name: str | None) -> ModelStatus:
-        if name is None:
-            models = self.registry.models()
-            if not models:
-                raise BadRequestError("No model is configured.", param="model")
-            return models[0]
-        return resolve_model(self.registry, name)
+        return self.cursor.model(name)
 
     def _check_size(self, field: str, *texts: str | None) -> None:
-        size = sum(len(t.encode("utf-8")) for t in texts if t)
-        if size > self.config.max_code_bytes:
-            raise BadRequestError(
-                f"'{field}' is {size} bytes; this server accepts at most "
-                f"{self.config.max_code_bytes} bytes of code per request.",
-                param=field,
-                code="code_too_large",
-            )
+        self.cursor.check_size(field, *texts)
 
     @staticmethod
     def _language(language: str | None, path: str | None) -> str:
@@ -86,41 +71,34 @@ class CodeServing:
     # ------------------------------------------------------------------ completion
 
     async def completion(self, request: CodeCompletionRequest, ctx: RequestContext) -> Answer:
-        status = self._model(request.model)
-        ctx.model = status.name
-        ctx.prompt_text = request.prefix
         if ctx.document is None and request.document:
             ctx.document = request.document
-        elif ctx.document is None and request.path:
-            ctx.document = request.path  # per key: the same path of the same developer
-        self._check_size("prefix", request.prefix, request.suffix)
-        language = self._language(request.language, request.path)
-        max_tokens = request.max_tokens or self.config.completion_max_tokens
-        if max_tokens > self.config.completion_max_tokens_limit:
-            raise BadRequestError(
-                f"Invalid value for 'max_tokens': at most {self.config.completion_max_tokens_limit}.",
-                param="max_tokens",
-            )
-        mode = choose_mode(request.mode, request.prefix, request.suffix)
-        prepared = self.completer.prepare(
-            status,
-            prefix=request.prefix,
-            suffix=request.suffix,
-            language=language,
-            mode=mode,
-            max_tokens=max_tokens,
-            stop=request.stop,
-        )
         sampling: dict[str, object] = {"temperature": request.temperature}
         if request.top_p is not None:
             sampling["top_p"] = request.top_p
         if request.seed is not None:
             sampling["seed"] = request.seed
-        run = await self.completer.start(prepared, sampling, ctx=ctx)
-        completion_id = f"cmpl-{uuid.uuid4().hex}"
-        ctx.response_id = completion_id
-        ctx.language = language
-        created = int(time.time())
+        started = await self.cursor.start(
+            CursorRequest(
+                prefix=request.prefix,
+                suffix=request.suffix,
+                model=request.model,
+                language=request.language,
+                path=request.path,
+                mode=request.mode,
+                max_tokens=request.max_tokens,
+                stop=request.stop,
+                sampling=sampling,
+                context=[
+                    Snippet(path=f.path, text=f.text, kind="snippet", rank=rank)
+                    for rank, f in enumerate(request.context or ())
+                ],
+            ),
+            ctx,
+        )
+        run, prepared, status = started.run, started.prepared, started.status
+        completion_id, created, mode = started.id, started.created, started.mode
+        language = started.language or "unknown"
 
         def answer(text: str, finish_reason: str) -> CodeCompletionResponse:
             ctx.usage(run.prompt_tokens, run.completion_tokens)

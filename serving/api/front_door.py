@@ -22,7 +22,8 @@ from serving.admission.auth import Authenticator
 from serving.admission.keys import Principal
 from serving.admission.quotas import Quotas
 from serving.api.bodies import too_large
-from serving.api.responses import DONE, Receive, Scope, Send, error_answer
+from serving.api.dialects import OPENAI
+from serving.api.responses import DONE, Receive, Scope, Send
 from serving.api.route_table import Access, Endpoint, Route, RouteTable
 from serving.api.state import GatewayState
 from serving.api.suggestion_events import SuggestionEvents
@@ -147,7 +148,8 @@ class FrontDoor:
                 ctx.outcome = "rejected"
                 ctx.error_code = exc.code
                 self.metrics.rejections.labels(reason=_rejection_reason(exc)).inc()
-                await error_answer(exc)(scope, receive, response.send)
+                dialect = route.dialect if route is not None else OPENAI
+                await dialect.answer(exc)(scope, receive, response.send)
                 return
             await serve(scope, receive, response.send, endpoint, ctx)
         finally:

@@ -4,7 +4,8 @@ It finds the request's route in the route table, hands it to the front door
 (ids, limits, keys, quotas, the audit line and metrics when it ends), then
 serves it: reads the body into the route's request model, calls the route's
 serving call (cancelled if the client leaves), and sends its answer. Errors
-raised anywhere on that way are answered here, in OpenAI's envelope.
+raised anywhere on that way are answered here, in the route's protocol
+(OpenAI's envelope unless the route speaks another: ``serving.api.dialects``).
 
 Why not FastAPI: its per-request machinery (route matching, dependency
 solving, content-type parsing, three layers of exception wrappers) was a
@@ -22,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from serving.api.bodies import parse_request, read_body
+from serving.api.dialects import OPENAI
 from serving.api.disconnect import ClientDisconnected, unless_disconnected
 from serving.api.front_door import FrontDoor
 from serving.api.responses import (
@@ -30,7 +32,6 @@ from serving.api.responses import (
     Scope,
     Send,
     client_gone_answer,
-    error_answer,
     json_answer,
 )
 from serving.api.route_table import Endpoint, RouteTable
@@ -89,6 +90,7 @@ class GatewayApp:
         ctx: RequestContext,
     ) -> None:
         """Answer one request the front door let in."""
+        dialect = endpoint.route.dialect if endpoint is not None else OPENAI
         try:
             # The body first: the disconnect watch reads the same channel.
             work = await self._work(scope, receive, endpoint, ctx)
@@ -98,13 +100,13 @@ class GatewayApp:
             ctx.error_code = exc.code
             if exc.code == "superseded":
                 ctx.outcome = "superseded"
-            answer = error_answer(exc)
+            answer = dialect.answer(exc)
         except ClientDisconnected:
             ctx.outcome = "cancelled"
             answer = client_gone_answer()
         except Exception:
             logger.exception("unhandled error on %s", scope["path"])
-            answer = error_answer(
+            answer = dialect.answer(
                 InternalServerError("The server had an error while processing your request.")
             )
         await answer(scope, receive, send)

@@ -95,6 +95,26 @@ class OpenAIServing:
         return await self.forward(ctx, "/v1/completions", payload, request.model, request.stream)
 
     async def chat(self, request: ChatCompletionRequest, ctx: RequestContext) -> Answer:
+        self._check_chat(request, ctx)
+        payload = request.model_dump(exclude_unset=True)
+        return await self.forward(
+            ctx, "/v1/chat/completions", payload, request.model, request.stream
+        )
+
+    async def open_chat_stream(
+        self, request: ChatCompletionRequest, ctx: RequestContext
+    ) -> EngineCall:
+        """A chat completion's engine stream (with usage), for fronts that
+        translate it into their own protocol (Ollama's /api/chat)."""
+        self._check_chat(request, ctx)
+        payload = request.model_dump(exclude_unset=True)
+        payload["stream"] = True
+        payload["stream_options"] = {"include_usage": True}
+        return await self.dispatcher.open(
+            ctx, request.model, "/v1/chat/completions", payload, stream=True, cost=_cost(payload)
+        )
+
+    def _check_chat(self, request: ChatCompletionRequest, ctx: RequestContext) -> None:
         status = resolve_model(self.registry, request.model)
         ctx.model = status.name
         self._check_n(request.n, ctx)
@@ -107,10 +127,6 @@ class OpenAIServing:
             )
         field = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
         self._check_output_limit(status, request.output_limit(), field, ctx)
-        payload = request.model_dump(exclude_unset=True)
-        return await self.forward(
-            ctx, "/v1/chat/completions", payload, request.model, request.stream
-        )
 
     # ------------------------------------------------------------------ checks
 

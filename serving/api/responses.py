@@ -106,18 +106,22 @@ def sse_error(exc: APIError) -> bytes:
     return sse_event(exc.envelope_json())
 
 
-async def guarded(events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``events``; a failure mid-stream becomes an error event, then ``[DONE]``."""
+async def guarded(
+    events: AsyncIterator[bytes],
+    error_event: Callable[[APIError], bytes] = sse_error,
+    *,
+    end: bytes = DONE,
+) -> AsyncIterator[bytes]:
+    """``events``; a failure mid-stream becomes an error event (``error_event``:
+    the protocol's own shape), then ``end`` (OpenAI's ``[DONE]``)."""
     try:
         async for chunk in events:
             yield chunk
     except APIError as exc:
-        yield sse_error(exc)
-        yield DONE
+        yield error_event(exc) + end
     except Exception:
         logger.exception("stream failed")
-        yield sse_error(InternalServerError("The stream failed on the server."))
-        yield DONE
+        yield error_event(InternalServerError("The stream failed on the server.")) + end
 
 
 class EventStream:
@@ -131,10 +135,14 @@ class EventStream:
     status = 200
 
     def __init__(
-        self, events: AsyncIterator[bytes], *, headers: Mapping[str, str] | None = None
+        self,
+        events: AsyncIterator[bytes],
+        *,
+        headers: Mapping[str, str] | None = None,
+        content_type: bytes = EVENT_STREAM_TYPE,  # or NDJSON (Ollama): relayed the same way
     ) -> None:
         self.events = events
-        self.headers = _raw_headers(EVENT_STREAM_TYPE, {**STREAM_HEADERS, **(headers or {})})
+        self.headers = _raw_headers(content_type, {**STREAM_HEADERS, **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.headers})

@@ -3,7 +3,8 @@
 A :class:`Route` declares one route: its method and path, who may call it, the
 request model of its body, the serving call that answers it, and, for a model
 task, the task (the metrics' ``task`` label; metered by the quotas), its
-admission lane, and whether its answers are tracked for suggestion events.
+admission lane, and whether its answers are tracked for suggestion events;
+and the protocol dialect its errors are answered in.
 The declarations themselves are in ``serving.api.routes``.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from serving.api.dialects import OPENAI, ErrorDialect
 from serving.config import Lane
 
 
@@ -48,6 +50,7 @@ class Route:
     streams: bool = False  # may answer with an event stream (OpenAPI)
     in_schema: bool = True  # listed in /openapi.json
     errors: tuple[int, ...] = field(default=())  # error statuses it answers (OpenAPI)
+    dialect: ErrorDialect = OPENAI  # the protocol whose error shape it answers in
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,32 @@ from serving.api.code_protocol import (
     SuggestionEventResponse,
 )
 from serving.api.code_serving import CodeServing
+from serving.api.dialects import LLAMA_CPP, OLLAMA, TABBY
+from serving.api.llamacpp import LlamaCppServing
+from serving.api.llamacpp_protocol import InfillRequest, LlamaCompletionRequest
+from serving.api.ollama import OllamaServing
+from serving.api.ollama_protocol import ChatRequest as OllamaChatRequest
+from serving.api.ollama_protocol import (
+    GenerateRequest,
+    ShowRequest,
+    ShowResponse,
+    TagList,
+    VersionResponse,
+)
 from serving.api.openai_serving import OpenAIServing
 from serving.api.openapi import OpenAPIServing
 from serving.api.protocol import ChatCompletionRequest, Completion, CompletionRequest, ModelList
 from serving.api.route_table import Access, Route
 from serving.api.status import StatusServing
 from serving.api.suggestion_events import SuggestionEvents
+from serving.api.tabby import (
+    TabbyCompletionRequest,
+    TabbyCompletionResponse,
+    TabbyEvent,
+    TabbyHealth,
+    TabbyServerSetting,
+    TabbyServing,
+)
 
 _INVALID = (400, 401, 403, 404, 413, 429)
 _MODEL_ERRORS = (*_INVALID, 500, 502, 503)
@@ -71,6 +91,49 @@ GATEWAY_ROUTES: tuple[Route, ...] = (
           "Report that a completion was shown, accepted or dismissed (same key).",
           request=SuggestionEventRequest, response=SuggestionEventResponse,
           errors=(*_INVALID, 409)),
+    # Ollama (Continue's `ollama` provider, Twinny, the `ollama` clients).
+    Route("POST", "/api/generate", OllamaServing.generate,
+          "Ollama: generate; with `suffix`, fill-in-the-middle (NDJSON unless `stream`: false).",
+          request=GenerateRequest, task="code_completion", lane="completion", streams=True,
+          errors=_MODEL_ERRORS, dialect=OLLAMA),
+    Route("POST", "/api/chat", OllamaServing.chat, "Ollama: chat (NDJSON unless `stream`: false).",
+          request=OllamaChatRequest, task="chat", lane="completion", streams=True,
+          errors=_MODEL_ERRORS, dialect=OLLAMA),
+    Route("GET", "/api/tags", OllamaServing.tags, "Ollama: the served models.",
+          response=TagList, errors=(401, 403), dialect=OLLAMA),
+    Route("POST", "/api/show", OllamaServing.show, "Ollama: one model's details and template.",
+          request=ShowRequest, response=ShowResponse, errors=(400, 401, 403, 404),
+          dialect=OLLAMA),
+    Route("GET", "/api/version", OllamaServing.version,
+          "Ollama: the Ollama API version this front follows.", response=VersionResponse,
+          errors=(401, 403), dialect=OLLAMA),
+    # llama.cpp server (llama.vscode, llama.vim); its /health is the gateway's.
+    Route("POST", "/infill", LlamaCppServing.infill,
+          "llama.cpp: fill-in-the-middle with `input_extra` context; `n_predict`: 0 fills the "
+          "cache only.", request=InfillRequest, task="code_completion", lane="completion",
+          streams=True, errors=_MODEL_ERRORS, dialect=LLAMA_CPP),
+    Route("POST", "/completion", LlamaCppServing.completion,
+          "llama.cpp: completion of a prompt sent as it is.", request=LlamaCompletionRequest,
+          task="completion", lane="completion", streams=True, errors=_MODEL_ERRORS,
+          dialect=LLAMA_CPP),
+    Route("GET", "/props", LlamaCppServing.props, "llama.cpp: the server's settings.",
+          errors=(401, 403), dialect=LLAMA_CPP),
+    # Tabby (its agent: VS Code, JetBrains, Vim, Eclipse), under /tabby.
+    Route("POST", "/tabby/v1/completions", TabbyServing.completions,
+          "Tabby: completion at the cursor with declarations and snippets as context.",
+          request=TabbyCompletionRequest, response=TabbyCompletionResponse,
+          task="code_completion", lane="completion", tracked=True, errors=_MODEL_ERRORS,
+          dialect=TABBY),
+    Route("GET", "/tabby/v1/health", TabbyServing.health, "Tabby: what the agent checks.",
+          response=TabbyHealth, errors=(401, 403), dialect=TABBY),
+    Route("POST", "/tabby/v1/health", TabbyServing.health, "Tabby: what the agent checks.",
+          response=TabbyHealth, errors=(401, 403), dialect=TABBY, in_schema=False),
+    Route("POST", "/tabby/v1/events", TabbyServing.report,
+          "Tabby: view / select / dismiss, counted as suggestion events.", request=TabbyEvent,
+          errors=(*_INVALID, 409), dialect=TABBY),
+    Route("GET", "/tabby/v1beta/server_setting", TabbyServing.server_setting,
+          "Tabby: server settings the agent reads.", response=TabbyServerSetting,
+          errors=(401, 403), dialect=TABBY),
     Route("GET", "/v1/admin/replicas", AdminServing.replicas,
           "Replica groups and every replica's state and load (never secrets).",
           access=Access.ADMIN, errors=(401, 403)),

@@ -4,7 +4,8 @@ as soon as the suggestion is complete (no GPU time spent on text we drop)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,10 +14,18 @@ from serving.admission.scheduler import Superseded
 from serving.config import TasksConfig
 from serving.engine_link.replica_info import ReplicaInfo
 from serving.errors import BadRequestError, UpstreamError
-from serving.fim_templates import fim_template
+from serving.fim_templates import (
+    PLAIN_REPO_FORMAT,
+    FimTemplate,
+    RepoFormat,
+    fim_template,
+    repo_format,
+)
 from serving.request_context import RequestContext
 from serving.tasks.fim import fit_to_budget
 from serving.tasks.postprocess import InsertionPoint, Mode, StreamingPostProcessor
+from serving.tasks.repo_snippets import Snippet, fit_snippets
+from serving.tokens import TokenCounter
 from serving.upstream.client import EngineHTTPError
 from serving.upstream.registry import ModelStatus, ReplicaRegistry
 from serving.upstream.sse import json_events
@@ -34,7 +43,7 @@ class PreparedCompletion:
     max_tokens: int
     stop: list[str]
     stop_token_ids: list[int]
-    fim_mode: str  # "native" (the model's FIM template) or "prefix-only"
+    fim_mode: str  # "native" (the model's FIM template), "prefix-only" or "client" (rendered)
     trimmed: bool
     # Indentation typed before the cursor, held back from the prompt: models
     # continue "...\n" far better than "...\n    " (the spaces would be split
@@ -60,13 +69,19 @@ class CompletionRun:
     completion_tokens: int = 0
     texts: dict[int, str] = field(default_factory=dict)
     finish_reasons: dict[int, str] = field(default_factory=dict)
+    # Once a suggestion has a new line, it ends this long after its first token
+    # ("time_limit"; llama.cpp's t_max_predict_ms): a slow engine still answers.
+    time_limit_s: float | None = None
 
     async def deltas(self) -> AsyncGenerator[ChoiceDelta, None]:
         processors = {i: StreamingPostProcessor(self.prepared.point) for i in range(self.n)}
         healers = {i: _WhitespaceHealer(self.prepared.healed) for i in range(self.n)}
         self.texts = dict.fromkeys(range(self.n), "")
+        first_token: float | None = None
         try:
             async for event in json_events(self.call.chunks()):
+                now = time.monotonic()
+                first_token = first_token or now
                 if event.get("usage") and not event.get("choices"):
                     continue
                 for choice in event.get("choices", []):
@@ -82,8 +97,16 @@ class CompletionRun:
                     text = processor.feed(raw)
                     if processor.done:
                         reason = "stop"
-                    elif reason:
-                        text += processor.finish()
+                    else:
+                        if (
+                            not reason
+                            and self.time_limit_s is not None
+                            and now - first_token > self.time_limit_s
+                            and "\n" in processor.generated
+                        ):
+                            reason = "time_limit"
+                        if reason:
+                            text += processor.finish()
                     if text or reason:
                         self.texts[index] += text
                         if reason:
@@ -158,7 +181,17 @@ class CodeCompleter:
         mode: Mode,
         max_tokens: int,
         stop: list[str] | None = None,
+        context: Sequence[Snippet] = (),
+        path: str | None = None,
+        repo: str | None = None,
+        rendered: bool = False,
+        prefix_field: str = "prefix",
     ) -> PreparedCompletion:
+        """The prompt for a completion at the cursor: the FIM prompt of the
+        cursor's prefix and suffix (cut to the budget first), then as much of
+        the repository ``context`` (other files) as the tokens left hold, in
+        the model family's repository format. ``rendered``: ``prefix`` is a
+        prompt a client already put in the model's format, sent as it is."""
         template = fim_template(status.fim_template)
         counter = self.registry.token_counter(status.name)
         context_len = status.max_model_len or _DEFAULT_CONTEXT_LEN
@@ -169,6 +202,10 @@ class CodeCompleter:
                 f"max_tokens={max_tokens} leaves no room for the code in the model's "
                 f"{context_len}-token context.",
                 param="max_tokens",
+            )
+        if rendered:
+            return self._as_rendered(
+                status, prefix, language, max_tokens, stop, budget, prefix_field
             )
         # Heal when the cursor sits on a blank (or indentation-only) line:
         # send the prefix up to its last code character.
@@ -187,18 +224,26 @@ class CodeCompleter:
                 prefix_share=self.config.fim_prefix_share,
             )
             kept_prefix, kept_suffix, trimmed = fitted.prefix, fitted.suffix, fitted.trimmed
-        prompt = template.render(kept_prefix, kept_suffix) if template else kept_prefix
+        repo_part, head = "", ""
+        if context:
+            # What the cursor's text left of the budget (counted once, only here).
+            left = budget - counter.count(kept_prefix + kept_suffix)
+            repo_context = fit_snippets(
+                context,
+                fmt=self._repo_format(status.fim_template, counter),
+                current_path=path,
+                current_text=kept_prefix + kept_suffix,
+                repo=repo,
+                budget=left,
+                count=counter.count,
+            )
+            repo_part, head = repo_context.text, repo_context.prefix_head
+        code = head + kept_prefix
+        prompt = repo_part + (template.render(code, kept_suffix) if template else code)
         if not prompt:
             prompt = "\n"  # start of an empty file, no FIM: engines refuse an empty prompt
         user_stop = list(stop or [])
-        engine_stop = list(user_stop)
-        stop_ids: list[int] = []
-        for token in template.stop if template else ():
-            token_id = counter.token_id(token)
-            if token_id is not None:
-                stop_ids.append(token_id)  # special tokens are not in the detokenized text
-            else:
-                engine_stop.append(token)
+        engine_stop, stop_ids = self._stops(counter, template, user_stop)
         point = InsertionPoint(
             prefix=kept_prefix + healed,
             suffix=suffix,
@@ -218,6 +263,75 @@ class CodeCompleter:
             healed=healed,
         )
 
+    @staticmethod
+    def _repo_format(template_name: str, counter: TokenCounter) -> RepoFormat:
+        """The family's repository format, if the served model has its special
+        tokens (a StarCoder 1 model served as ``starcoder`` lacks StarCoder2's
+        ``<file_sep>``); else paths as comments in plain text."""
+        fmt = repo_format(template_name)
+        if counter.exact and any(counter.token_id(token) is None for token in fmt.tokens):
+            return PLAIN_REPO_FORMAT
+        return fmt
+
+    @staticmethod
+    def _stops(
+        counter: TokenCounter, template: FimTemplate | None, user_stop: list[str]
+    ) -> tuple[list[str], list[int]]:
+        """Stop strings and token ids for the engine: the client's, and the
+        template's (special tokens by id: they are not in the detokenized text)."""
+        engine_stop = list(user_stop)
+        stop_ids: list[int] = []
+        for token in template.stop if template else ():
+            token_id = counter.token_id(token)
+            if token_id is not None:
+                stop_ids.append(token_id)
+            else:
+                engine_stop.append(token)
+        return engine_stop, stop_ids
+
+    def _as_rendered(
+        self,
+        status: ModelStatus,
+        prompt: str,
+        language: str | None,
+        max_tokens: int,
+        stop: list[str] | None,
+        budget: int,
+        prefix_field: str,
+    ) -> PreparedCompletion:
+        """A prompt the client rendered: checked against the budget, never cut
+        (cutting would break its FIM tokens) and never rendered again."""
+        if not prompt:
+            raise BadRequestError(f"'{prefix_field}' is empty.", param=prefix_field)
+        counter = self.registry.token_counter(status.name)
+        if len(prompt.encode()) > budget and (tokens := counter.count(prompt)) > budget:
+            raise BadRequestError(
+                f"'{prefix_field}' is {tokens} tokens; with max_tokens={max_tokens} the "
+                f"model's context holds {budget} for the prompt.",
+                param=prefix_field,
+                code="context_length_exceeded",
+            )
+        template = fim_template(status.fim_template)
+        user_stop = list(stop or [])
+        engine_stop, stop_ids = self._stops(counter, template, user_stop)
+        point = InsertionPoint(
+            prefix=prompt,
+            suffix="",
+            language=language,
+            mode="none",
+            stop=tuple(user_stop) + (template.stop if template else ()),
+        )
+        return PreparedCompletion(
+            model=status.name,
+            prompt=prompt,
+            point=point,
+            max_tokens=max_tokens,
+            stop=engine_stop,
+            stop_token_ids=stop_ids,
+            fim_mode="client",
+            trimmed=False,
+        )
+
     async def start(
         self,
         prepared: PreparedCompletion,
@@ -225,6 +339,7 @@ class CodeCompleter:
         *,
         n: int = 1,
         ctx: RequestContext | None = None,
+        time_limit_s: float | None = None,
     ) -> CompletionRun:
         payload: dict[str, Any] = {
             **sampling,
@@ -250,7 +365,7 @@ class CodeCompleter:
             stream=True,
             cost=prepared.max_tokens * n,
         )
-        return CompletionRun(prepared=prepared, call=call, n=n)
+        return CompletionRun(prepared=prepared, call=call, n=n, time_limit_s=time_limit_s)
 
     async def complete(
         self,

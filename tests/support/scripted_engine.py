@@ -116,6 +116,7 @@ class ScriptedEngine:
             "token": f"token-{self.replica_id}",
             "max_model_len": 4096,
             "fim_template": "seed-coder",
+            "has_chat_template": True,
             "running": float(self.running),
             "waiting": self.extra_waiting,
             "kv_cache_usage": self.kv_cache_usage,
@@ -126,10 +127,32 @@ class ScriptedEngine:
     # ---------------------------------------------------------------- answering
 
     def _chunk(
-        self, created: int, index: int, text: str, finish: str | None, first: bool, spaced: bool
+        self,
+        created: int,
+        index: int,
+        text: str,
+        finish: str | None,
+        first: bool,
+        spaced: bool,
+        *,
+        choice_index: int = 0,
+        chat: bool = False,
     ) -> bytes:
+        if chat:  # /v1/chat/completions: the text is the delta's content
+            delta = {"role": "assistant", "content": text} if first else {"content": text}
+            chat_choice = {"index": choice_index, "delta": delta, "finish_reason": finish}
+            return self._event(
+                {
+                    "id": f"chatcmpl-{self.replica_id}",
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": self.model,
+                    "choices": [chat_choice],
+                },
+                spaced,
+            )
         choice: dict[str, Any] = {
-            "index": 0,
+            "index": choice_index,
             "text": text,
             "logprobs": None,
             "finish_reason": finish,
@@ -207,7 +230,18 @@ class ScriptedEngine:
                 await asyncio.sleep(script.pace_s)
             last = index == len(texts) - 1
             finish = script.finish_reason if last else None
-            answer.feed(self._chunk(created, index, text, finish, index == 0, script.spaced))
+            for choice_index in range(int(payload.get("n") or 1)):  # each of n choices
+                chunk = self._chunk(
+                    created,
+                    index,
+                    text,
+                    finish,
+                    index == 0,
+                    script.spaced,
+                    choice_index=choice_index,
+                    chat=received.path.endswith("/chat/completions"),
+                )
+                answer.feed(chunk)
         options = payload.get("stream_options") or {}
         if options.get("include_usage"):
             answer.feed(
