@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 EXTRA  ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 DEMO_MODEL := $(or $(SEED_SERVE_HOME),$(HOME)/.cache/seed-serve)/models/smollm2-135m-instruct/.seed-serve-complete
 
-.PHONY: run test install install-dev demo-model system-tools lint typecheck chart-docs clean
+.PHONY: run test test-clients install install-dev demo-model system-tools lint typecheck chart-docs clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,8 +42,10 @@ demo-model: $(DEMO_MODEL)
 
 # System packages from Debian, installed where we can (root + apt-get):
 # bubblewrap, the sandbox for generated code (without it code tasks answer
-# 503), and redis-server, which the tests start for shared rate limits.
-SYSTEM_TOOLS := bwrap:bubblewrap redis-server:redis-server
+# 503), and redis-server, which the tests start for shared rate limits; for
+# the tests' real IDE clients, Node.js and npm (Tabby's agent) and curl
+# (llama.vim's transport).
+SYSTEM_TOOLS := bwrap:bubblewrap redis-server:redis-server node:nodejs npm:npm curl:curl
 system-tools:
 	@for pair in $(SYSTEM_TOOLS); do \
 		cmd=$${pair%%:*}; pkg=$${pair##*:}; \
@@ -60,7 +62,15 @@ system-tools:
 run: install demo-model system-tools
 	$(VENV)/bin/seed-serve up $(ARGS)
 
-test: install-dev demo-model system-tools
+# The IDE clients the end-to-end tests run (tests/clients/package-lock.json).
+CLIENTS := tests/clients
+$(CLIENTS)/node_modules/.installed: $(CLIENTS)/package.json $(CLIENTS)/package-lock.json | system-tools
+	npm ci --prefix $(CLIENTS) --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test-clients: $(CLIENTS)/node_modules/.installed
+
+test: install-dev demo-model system-tools test-clients
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install-dev

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# The Ollama release whose API this front was checked against (GET /api/version).
+# What GET /api/version answers. Clients show it or check it against a
+# minimum (a release with suffix-FIM and /api/show's model_info, both served).
 OLLAMA_API_VERSION = "0.12.0"
 
 
@@ -107,12 +108,11 @@ class ShowRequest(_OllamaRequest):
     verbose: bool = False
 
 
-class GenerateChunk(BaseModel):
-    """One NDJSON line of /api/generate (the last has ``done`` and the counts)."""
+class _Line(BaseModel):
+    """One NDJSON line: the last has ``done`` and the counts (durations in ns)."""
 
     model: str
     created_at: str
-    response: str
     done: bool
     done_reason: str | None = None
     total_duration: int | None = None
@@ -124,6 +124,12 @@ class GenerateChunk(BaseModel):
 
     def line(self) -> bytes:
         return self.model_dump_json(exclude_none=True).encode() + b"\n"
+
+
+class GenerateChunk(_Line):
+    """A line of /api/generate."""
+
+    response: str
 
 
 class AssistantMessage(BaseModel):
@@ -131,23 +137,10 @@ class AssistantMessage(BaseModel):
     content: str
 
 
-class ChatChunk(BaseModel):
-    """One NDJSON line of /api/chat."""
+class ChatChunk(_Line):
+    """A line of /api/chat."""
 
-    model: str
-    created_at: str
     message: AssistantMessage
-    done: bool
-    done_reason: str | None = None
-    total_duration: int | None = None
-    load_duration: int | None = None
-    prompt_eval_count: int | None = None
-    prompt_eval_duration: int | None = None
-    eval_count: int | None = None
-    eval_duration: int | None = None
-
-    def line(self) -> bytes:
-        return self.model_dump_json(exclude_none=True).encode() + b"\n"
 
 
 class ModelDetails(BaseModel):

@@ -196,3 +196,21 @@ def test_generated_tests_are_run_and_reported_honestly(
     assert report.passed == body["passed"]
     assert report.ok == body["passed_on_given_code"]
     assert len(body["failures"]) == report.failed + report.errors
+
+
+def test_the_ollama_client_chats_with_an_instruct_model(demo_stack: SeedServeProcess) -> None:
+    """Ollama's /api/chat (and /api/generate without a suffix, to which Ollama
+    applies the chat template) on the demo model, which has a chat template."""
+    import ollama
+
+    client = ollama.Client(host=demo_stack.base_url, headers=demo_stack.headers, timeout=300)
+    messages = [{"role": "user", "content": "Write a Python function that adds two numbers."}]
+    options = {"num_predict": 48, "temperature": 0}
+    whole = client.chat(model=DEMO_MODEL, messages=messages, options=options)
+    assert whole.done and whole.message.role == "assistant"
+    assert "def " in (whole.message.content or "")
+    parts = list(client.chat(model=DEMO_MODEL, messages=messages, options=options, stream=True))
+    assert "".join(p.message.content or "" for p in parts) == whole.message.content
+    assert parts[-1].done and parts[-1].eval_count == whole.eval_count
+    generated = client.generate(model=DEMO_MODEL, prompt=messages[0]["content"], options=options)
+    assert generated.response == whole.message.content  # the same chat prompt
