@@ -31,6 +31,11 @@ def request_body(case: Case, model: str, with_context: bool) -> dict[str, Any]:
         "max_tokens": MAX_TOKENS,
         "temperature": 0.0,
         "stream": False,
+        # Each request is its own document: the gateway lets a newer completion
+        # of the same document (by default: the same path and key) supersede
+        # an older one, and the two arms of a case, or two cases of one file,
+        # may be in flight at once.
+        "document": f"{case.path}:{case.line}:{'with' if with_context else 'without'}",
     }
     if with_context:
         body["context"] = [{"path": case.context_path, "text": case.context}]

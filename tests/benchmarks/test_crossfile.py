@@ -314,6 +314,11 @@ def test_request_bodies_and_context_rejections(tree: Path) -> None:
     assert plain["path"] == "pkg/main.py" and plain["language"] == "python"
     with_context = request_body(case, "m", with_context=True)
     assert with_context["context"] == [{"path": "pkg/util.py", "text": case.context}]
+    # Never the same document twice: the gateway would supersede one arm with
+    # the other (a newer completion of a document cancels the older).
+    documents = {request_body(c, "m", with_context=w)["document"]
+                 for c in all_cases(tree) for w in (False, True)}  # fmt: skip
+    assert len(documents) == 2 * len(all_cases(tree))
     old = "Unrecognized request argument supplied: context"
     assert names_context({"error": {"message": old, "param": "context"}})
     assert names_context({"error": {"message": "bad", "param": "context[0].text"}})
