@@ -103,10 +103,14 @@ class OllamaServing:
             return json_answer(load)
         options = request.options or OllamaOptions()
         template = fim_template(status.fim_template)
-        # A prompt a client rendered with the model's FIM tokens (Twinny, Continue
-        # with raw) is sent as it is, never rendered a second time.
+        # A prompt a client rendered with the model's FIM tokens (Twinny; Continue
+        # with raw) is sent as it is, never rendered a second time. With a
+        # suffix, the tokens are the file's own text (say, a FIM template being
+        # edited): the gateway renders.
         rendered = request.raw or (
-            template is not None and any(token in request.prompt for token in template.tokens)
+            not request.suffix
+            and template is not None
+            and any(token in request.prompt for token in template.tokens)
         )
         if not request.suffix and not rendered and status.has_chat_template:
             messages = [OpenAIChatMessage(role="user", content=request.prompt)]

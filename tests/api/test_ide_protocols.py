@@ -93,6 +93,12 @@ def test_ollama_a_prompt_already_in_fim_format_is_not_rendered_twice() -> None:
                         {"model": "scripted", "prompt": "x = ", "raw": True, "stream": False})  # fmt: skip
             assert prompt_of(engine) == "x = "
             assert not any(token in prompt_of(engine) for token in FIM_TOKENS)
+            # With a suffix, FIM tokens in the prompt are the file's own text.
+            await _post(gateway, "/api/generate",
+                        {"model": "scripted", "prompt": "t = '<[fim-middle]>'\n", "suffix": "\n"})  # fmt: skip
+            assert prompt_of(engine).startswith(
+                "<[fim-suffix]>\n<[fim-prefix]>t = '<[fim-middle]>'"
+            )
 
     run(scenario())
 

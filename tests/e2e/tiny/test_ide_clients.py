@@ -100,7 +100,9 @@ def test_an_ollama_client_that_leaves_mid_stream_aborts_the_work(
 ) -> None:
     body = {"model": TINY_MODEL, "prompt": PREFIX, "suffix": SUFFIX,
             "options": {"num_predict": 400, "temperature": 1.0}}  # fmt: skip
-    with httpx.Client(base_url=tiny_stack.base_url, headers=tiny_stack.headers, timeout=300) as http:
+    with httpx.Client(
+        base_url=tiny_stack.base_url, headers=tiny_stack.headers, timeout=300
+    ) as http:
         with http.stream("POST", "/api/generate", json=body) as reply:
             assert reply.status_code == 200
             next(reply.iter_lines())  # the first piece, then hang up
