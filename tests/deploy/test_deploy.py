@@ -85,3 +85,17 @@ def test_multi_node_example_spreads_tensor_and_pipeline_parallel_replicas() -> N
     across = plans["seed-coder-tp8-pp2"]
     assert across.strategy == "PACK" and across.totals()["GPU"] == 16
     assert config.quotas.backend == "redis" and config.telemetry.backend == "redis"
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "deploy" / "config").glob("*.yaml")),
+                         ids=lambda p: p.name)  # fmt: skip
+def test_seed_coder_is_served_under_a_name_ide_clients_recognise(example: Path) -> None:
+    """Continue (openai provider) picks the FIM template by the model's id:
+    Seed-Coder's when the id holds "seed" and "coder". Every example serving
+    Seed-Coder names it so, and says its FIM format."""
+    config = load_config(example, env={})
+    for group in config.replica_groups:
+        if "seed-coder" in group.engine.model.lower():
+            name = group.engine.served_model_name.lower()
+            assert "seed" in name and "coder" in name, name
+            assert group.engine.fim_template == "seed-coder"
