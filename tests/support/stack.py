@@ -77,29 +77,6 @@ def tiny_stack_config(model_dir: Path) -> dict[str, Any]:
     return config
 
 
-def demo_stack_config(model_dir: Path) -> dict[str, Any]:
-    """The demo stack's config (tests/e2e/demo): one replica of the demo model."""
-    return {
-        "gateway": {"host": "127.0.0.1", "port": free_port()},
-        "ray": {"num_cpus": 2, "namespace": "test-demo"},
-        "replica_groups": [
-            {
-                "name": "demo",
-                "replicas": 1,
-                "engine": {
-                    "model": str(model_dir),
-                    "served_model_name": DEMO_MODEL,
-                    "max_model_len": 2048,
-                    "cpu_kv_cache_gib": 1,
-                    "cpu_affinity": ENGINE_CORES,
-                    "extra_args": dict(TEST_ENGINE_ARGS),
-                    "env": dict(TEST_ENGINE_ENV),
-                },
-            }
-        ],
-    }
-
-
 class SeedServeProcess:
     """A `seed-serve` command in its own home folder, logging to a file."""
 
