@@ -27,7 +27,6 @@ from serving.tasks.languages import UnsupportedLanguage, resolve_language
 from serving.tasks.repair import Repairer
 from serving.tasks.repo_snippets import Snippet
 from serving.tasks.testgen import TestWriter
-from serving.upstream.registry import ModelStatus
 
 
 class CodeServing:
@@ -45,12 +44,6 @@ class CodeServing:
         self.test_writer = TestWriter(cursor.completer, sandbox)
 
     # ------------------------------------------------------------------ shared checks
-
-    def _model(self, name: str | None) -> ModelStatus:
-        return self.cursor.model(name)
-
-    def _check_size(self, field: str, *texts: str | None) -> None:
-        self.cursor.check_size(field, *texts)
 
     @staticmethod
     def _language(language: str | None, path: str | None) -> str:
@@ -142,10 +135,10 @@ class CodeServing:
     # ------------------------------------------------------------------ repair
 
     async def repair(self, request: CodeRepairRequest, ctx: RequestContext) -> CodeRepairResponse:
-        status = self._model(request.model)
+        status = self.cursor.model(request.model)
         ctx.model = status.name
         ctx.prompt_text = request.code
-        self._check_size("code", request.code, request.test, request.error)
+        self.cursor.check_size("code", request.code, request.test, request.error)
         language = self._language(request.language, request.path)
         if request.test is not None:
             if language != "python":
@@ -188,10 +181,10 @@ class CodeServing:
     # ------------------------------------------------------------------ tests
 
     async def tests(self, request: CodeTestsRequest, ctx: RequestContext) -> CodeTestsResponse:
-        status = self._model(request.model)
+        status = self.cursor.model(request.model)
         ctx.model = status.name
         ctx.prompt_text = request.code
-        self._check_size("code", request.code)
+        self.cursor.check_size("code", request.code)
         language = self._language(request.language, None)
         if language != "python":
             raise BadRequestError(

@@ -73,7 +73,6 @@ class IndentStop:
 
     def __init__(self, n_indent: int) -> None:
         self.n_indent = n_indent
-        self.seen_newline = False
         self.pending = ""  # the current line's indentation, its fate not yet known
         self.deciding = False  # in a new line, before its first non-blank character
         self.stopped = False
@@ -102,7 +101,7 @@ class IndentStop:
             else:
                 out.append(char)
                 if char == "\n":
-                    self.seen_newline = self.deciding = True
+                    self.deciding = True
         return "".join(out)
 
     def finish(self) -> str:
@@ -121,7 +120,11 @@ class LlamaCppServing:
             for rank, chunk in enumerate(reversed(request.input_extra))
         ]
         warm = request.n_predict == 0
-        if not warm and ctx.document is None:
+        if warm:
+            # A cache fill is nobody's suggestion: it supersedes nothing, even
+            # with a document header (admission reads the document at once).
+            ctx.document = None
+        elif ctx.document is None:
             ctx.document = f"llama.cpp:{request.id_slot}"  # per key: the client's slot
         cursor = CursorRequest(
             prefix=request.input_prefix + request.prompt,
@@ -200,7 +203,6 @@ class LlamaCppServing:
         started = await self.cursor.start(cursor, ctx)
         if warm:
             ctx.response_id = None  # not a suggestion: never tracked
-            ctx.document = None
         results = _Results(started, request, self._settings(started.status, request), warm)
         if request.stream:
             return EventStream(guarded(results.events(ctx), LLAMA_CPP.stream_error, end=b""))

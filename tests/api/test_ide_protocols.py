@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.admission.keys import create_key
+from serving.api.routes import GATEWAY_ROUTES
 from tests.support.asgi import Reply, ScriptedGateway, scripted_config, scripted_gateway
 from tests.support.scripted_engine import Script, ScriptedEngine
 
@@ -284,8 +285,15 @@ def test_cache_warming_costs_a_prefill_and_is_no_suggestion() -> None:
             assert engine.received[-1].payload["max_tokens"] == 1  # the prefill's own token
             assert "def helper(a, b):" in prompt_of(engine)
             assert (await real).status == 200  # not superseded by the warm-up
-            counted = gateway.metrics.suggestions.collect()[0].samples
-            assert not [s for s in counted if s.name.endswith("_total") and s.value]
+            # Even with a document header, a warm-up supersedes nothing.
+            again = asyncio.create_task(_post(gateway, "/infill", VSCODE_INFILL,
+                                              headers={"x-seed-serve-document": "a.py"}))  # fmt: skip
+            await engine.requests(3)
+            warm_doc = await _post(gateway, "/infill", {**VSCODE_INFILL, "n_predict": 0},
+                                   headers={"x-seed-serve-document": "a.py"})  # fmt: skip
+            assert warm_doc.status == 200 and (await again).status == 200
+            # Answers of /infill are never tracked as suggestions.
+            assert not [r for r in GATEWAY_ROUTES if r.path == "/infill" and r.tracked]
 
     run(scenario())
 
