@@ -9,25 +9,36 @@ import pytest
 
 from serving.paths import seed_serve_home
 from serving.tiny_model import build_tiny_model
-from tests.support.stack import SeedServeProcess, tiny_stack_config
+from tests.support.stack import (
+    TINY_STACK_ARGS,
+    TINY_STACK_ENV,
+    SeedServeProcess,
+    scale_out_stack_config,
+    tiny_stack_config,
+)
 
 E2E = Path(__file__).parent / "e2e"
 TINY = E2E / "tiny"
 DEMO = E2E / "demo"
+SCALE_OUT = E2E / "test_scale_out.py"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Unit tests first; then the end-to-end tests: tiny/ (its stack starts
-    with the session, see ``early_tiny_stack``), demo/, and the tests that
-    start stacks of their own. pytest's order is kept within each."""
+    with the session, see ``early_tiny_stack``), demo/ (the scale-out stack
+    starts while it runs, see ``early_scale_out_stack``), test_scale_out.py,
+    and the tests that start stacks of their own. pytest's order is kept
+    within each."""
 
     def rank(item: pytest.Item) -> int:
-        parents = Path(item.path).parents
-        if E2E not in parents:
+        path = Path(item.path)
+        if E2E not in path.parents:
             return 0
-        if TINY in parents:
+        if TINY in path.parents:
             return 1
-        return 2 if DEMO in parents else 3
+        if DEMO in path.parents:
+            return 2
+        return 3 if path == SCALE_OUT else 4
 
     items.sort(key=rank)
 
@@ -52,7 +63,35 @@ def early_tiny_stack(
         return
     model_dir = request.getfixturevalue("tiny_model_dir")
     stack = SeedServeProcess(
-        "up", tiny_stack_config(model_dir), tmp_path_factory.mktemp("tiny-stack")
+        "up",
+        tiny_stack_config(model_dir),
+        tmp_path_factory.mktemp("tiny-stack"),
+        extra_args=TINY_STACK_ARGS,
+        env=TINY_STACK_ENV,
+    )
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        stack.kill_tree()
+
+
+@pytest.fixture(scope="session")
+def early_scale_out_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SeedServeProcess | None]:
+    """test_scale_out.py's two-replica stack, started (not waited for) when
+    first asked: by demo/ once the demo stack is ready, so that its engines
+    (on the first core: the demo engine has the last) boot while the demo
+    tests run (~90 s of the suite's time on the 2-core CI machine), or by
+    test_scale_out.py itself when demo/ does not run. test_scale_out.py
+    stops it when its tests end; this only cleans up."""
+    if not any(Path(item.path) == SCALE_OUT for item in request.session.items):
+        yield None
+        return
+    model_dir = request.getfixturevalue("tiny_model_dir")
+    stack = SeedServeProcess(
+        "up", scale_out_stack_config(model_dir), tmp_path_factory.mktemp("scale-stack")
     )
     try:
         yield stack

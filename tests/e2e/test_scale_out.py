@@ -1,6 +1,7 @@
 """Scale-out on Ray, with real engines: routing, health, failover, draining,
 runtime scaling and placement. This module kills and freezes engines, so it
-runs its own two-replica stack (not the shared one)."""
+runs its own two-replica stack (not the shared one), started early while
+demo/ runs (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -35,24 +36,11 @@ FILE_HEADER = "".join(f"import module_{i}  # dependency {i}\n" for i in range(40
 
 
 @pytest.fixture(scope="module")
-def stack(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SeedServeProcess]:
-    config = tiny_config(tiny_model_dir, port=free_port(), replicas=2, name="scale")
-    config["ray"]["namespace"] = "test-scale"
-    config["ray"]["num_cpus"] = 3  # room for a third replica
-    # Quick enough to eject a frozen engine within seconds, lenient enough that
-    # an engine slowed by a starved 2-core CI machine is not ejected (a 1 s
-    # timeout ejected both replicas there and the gateway answered 503).
-    config["health"] = {
-        "interval_s": 0.5,
-        "timeout_s": 3.0,
-        "failure_threshold": 3,
-        "success_threshold": 1,
-    }
-    config["timeouts"] = {"first_token_s": 15, "idle_s": 10, "total_s": 120, "retries": 2}
-    config["replica_groups"][0]["drain_timeout_s"] = 30
-    process = SeedServeProcess("up", config, tmp_path_factory.mktemp("scale-stack"))
+def stack(early_scale_out_stack: SeedServeProcess | None) -> Iterator[SeedServeProcess]:
+    """Two tiny replicas (tests/support/stack.py: scale_out_stack_config),
+    started early by tests/conftest.py; stopped when this module ends."""
+    assert early_scale_out_stack is not None, "tests/conftest.py starts it when this module runs"
+    process = early_scale_out_stack
     try:
         process.wait_ready(replicas=2)
         yield process

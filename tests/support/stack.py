@@ -30,6 +30,9 @@ ENGINE_CORES = [max(0, (os.cpu_count() or 1) - 1)]
 # fewer). Still the real vLLM server and engine.
 TEST_ENGINE_ARGS: dict[str, Any] = {"enforce-eager": True}
 TEST_ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+# Engines that boot while another stack's engines serve (tests/conftest.py:
+# early_scale_out_stack) take the first core instead.
+OTHER_ENGINE_CORES = [0] if (os.cpu_count() or 1) > 1 else ENGINE_CORES
 
 
 def free_port() -> int:
@@ -67,13 +70,44 @@ def tiny_config(model_dir: Path, *, port: int, replicas: int, name: str = "tiny"
     }
 
 
+# The shared tiny stack is started as users start it: its config asks for one
+# replica and a flag for two, an environment variable sets a gateway field.
+# tests/e2e/tiny/test_stopping.py checks both reached the stack, then stops it.
+TINY_STACK_ARGS = ["--replicas", "2"]
+TINY_STACK_MAX_N = 6
+TINY_STACK_ENV = {"SEED_SERVE_GATEWAY__MAX_N": str(TINY_STACK_MAX_N)}
+
+
 def tiny_stack_config(model_dir: Path) -> dict[str, Any]:
-    """The shared tiny stack's config (tests/e2e/tiny): two tiny replicas."""
-    config = tiny_config(model_dir, port=free_port(), replicas=2)
+    """The shared tiny stack's config (tests/e2e/tiny): one tiny replica, made
+    two by ``TINY_STACK_ARGS``."""
+    config = tiny_config(model_dir, port=free_port(), replicas=1)
     # The tiny model's generations are noise (its weights are random): shorter
     # candidates keep the test-generation and repair routes quick for the
     # fuzzing and the quality run (they spent ~2 of the suite's minutes here).
     config["tasks"] = {"tests_max_tokens": 128, "tests_regenerations": 0, "repair_max_tokens": 128}
+    return config
+
+
+def scale_out_stack_config(model_dir: Path) -> dict[str, Any]:
+    """tests/e2e/test_scale_out.py's stack: two tiny replicas, room for a third,
+    quick health checks. It kills and freezes engines, so it is not the shared one."""
+    config = tiny_config(model_dir, port=free_port(), replicas=2, name="scale")
+    config["ray"]["namespace"] = "test-scale"
+    config["ray"]["num_cpus"] = 3  # room for a third replica
+    # Quick enough to eject a frozen engine within seconds, lenient enough that
+    # an engine slowed by a starved 2-core CI machine is not ejected (a 1 s
+    # timeout ejected both replicas there and the gateway answered 503).
+    config["health"] = {
+        "interval_s": 0.5,
+        "timeout_s": 3.0,
+        "failure_threshold": 3,
+        "success_threshold": 1,
+    }
+    config["timeouts"] = {"first_token_s": 15, "idle_s": 10, "total_s": 120, "retries": 2}
+    group = config["replica_groups"][0]
+    group["drain_timeout_s"] = 30
+    group["engine"]["cpu_affinity"] = OTHER_ENGINE_CORES  # it boots beside the demo stack
     return config
 
 

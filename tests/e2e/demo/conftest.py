@@ -20,7 +20,9 @@ from tests.support.stack import (
 
 
 @pytest.fixture(scope="package")
-def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServeProcess]:
+def demo_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SeedServeProcess]:
     """`seed-serve up` with the real demo model (SmolLM2-135M) on CPU."""
     model = demo_model_dir()
     if not (model / ".seed-serve-complete").exists():
@@ -48,6 +50,8 @@ def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeedServePr
     stack = SeedServeProcess("up", config, tmp_path_factory.mktemp("demo-stack"), own_group=True)
     try:
         stack.wait_ready()
+        # The scale-out tests' stack boots on the other core while this folder runs.
+        request.getfixturevalue("early_scale_out_stack")
         yield stack
     finally:
         stack.stop()
