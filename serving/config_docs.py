@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from serving.config import (
+    AdaptersConfig,
     AdmissionConfig,
     AuditConfig,
     AuthConfig,
@@ -20,6 +21,7 @@ from serving.config import (
     HealthConfig,
     LeastLoadedRouting,
     LimitsConfig,
+    LoraConfig,
     PrefixAffinityRouting,
     QuotaConfig,
     RayConfig,
@@ -39,6 +41,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("replica_groups[]", ReplicaGroupConfig),
     ("replica_groups[].engine", EngineConfig),
     ("replica_groups[].autoscaling", AutoscalingConfig),
+    ("replica_groups[].lora", LoraConfig),
     ("routing (policy: round_robin)", RoundRobinRouting),
     ("routing (policy: least_loaded)", LeastLoadedRouting),
     ("routing (policy: prefix_affinity, the default)", PrefixAffinityRouting),
@@ -53,6 +56,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("quotas.key_defaults / quotas.tenant_defaults", LimitsConfig),
     ("admission", AdmissionConfig),
     ("telemetry", TelemetryConfig),
+    ("adapters", AdaptersConfig),
 ]
 
 

@@ -43,6 +43,12 @@ class RequestContext:
     response_id: str | None = None  # the answer's id (suggestion events refer to it)
     language: str | None = None
     caps: LimitsConfig | None = None  # the key's per-request caps (None: no key, none)
+    default_adapter: str | None = None  # the tenant's team adapter for its base model
+    adapter: str | None = None  # the team adapter serving this request (resolved)
+    adapter_path: str | None = None
+    keep_training_data: bool = False  # the tenant collects accepted suggestions
+    # What the model saw (prefix, suffix, path), kept only when keep_training_data.
+    training_context: dict[str, Any] | None = None
     audit_extra: dict[str, Any] = field(default_factory=dict)
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> None:

@@ -6,7 +6,7 @@ the import and the rule it breaks.
     cluster                                    (the Ray side: no gateway package)
     sandbox, observability                     (beside the layers: none of them)
     leaves: config, errors, paths, request_context, tokens, fim_templates,
-            background, engine_link            (nothing above them)
+            background, engine_link, adapters  (nothing above them)
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ LEAVES = {
     "fim_templates",
     "background",
     "engine_link",
+    "adapters",
 }
 ABOVE_THE_LEAVES = GATEWAY | {"cluster", "sandbox", "observability"}
 # part -> (parts it must never import, why)

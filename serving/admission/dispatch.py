@@ -23,6 +23,7 @@ from serving.engine_link.replica_info import ReplicaInfo
 from serving.errors import APIError, UpstreamError, api_error_for_status
 from serving.observability.metrics import GatewayMetrics
 from serving.request_context import RequestContext
+from serving.upstream.adapters import AdapterPlacement
 from serving.upstream.client import EngineAnswer, EngineClient, EngineHTTPError
 from serving.upstream.registry import ReplicaRegistry
 from serving.upstream.routing import RouteRequest
@@ -34,6 +35,10 @@ _HEALTH_WATCH_S = 0.5
 
 class _ReplicaFailed(Exception):
     """The replica failed before answering anything (retry elsewhere)."""
+
+
+class _NoAdapterSlot(Exception):
+    """The replica could not take the adapter now (full of busy adapters)."""
 
 
 @dataclass
@@ -85,6 +90,7 @@ class Dispatcher:
         *,
         timeouts: TimeoutsConfig,
         affinity_chars: int = 1024,
+        placement: AdapterPlacement | None = None,
     ) -> None:
         self.registry = registry
         self.client = client
@@ -93,6 +99,7 @@ class Dispatcher:
         self.metrics = metrics
         self.timeouts = timeouts
         self.affinity_chars = affinity_chars
+        self.placement = placement or AdapterPlacement()
 
     def route_for(self, model: str, ctx: RequestContext | None) -> RouteRequest:
         if ctx is None:
@@ -102,7 +109,9 @@ class Dispatcher:
             affinity = ctx.affinity_text[: self.affinity_chars]
         elif affinity is not None and ctx.key_id:
             affinity = f"{ctx.key_id}:{affinity}"  # one developer's file
-        return RouteRequest(model, affinity=affinity, session=ctx.session or ctx.key_id)
+        return RouteRequest(
+            model, affinity=affinity, session=ctx.session or ctx.key_id, adapter=ctx.adapter
+        )
 
     async def open(
         self,
@@ -117,6 +126,8 @@ class Dispatcher:
         """Queue for a slot, post, and wait for the first token (streams) or the
         whole answer; an engine's own 4xx/5xx becomes our APIError."""
         lane = ctx.lane if ctx else "completion"
+        if ctx is not None and ctx.adapter is not None:
+            payload["model"] = ctx.adapter  # the engine knows a loaded adapter by its name
         payload["priority"] = self.config.lane_priority.get(lane, 0)
         body = json.dumps(payload, separators=(",", ":")).encode()
         key = (ctx.key_id or ctx.client_ip) if ctx else "internal"
@@ -143,7 +154,14 @@ class Dispatcher:
                 ctx.replica = replica.replica_id
                 ctx.queue_wait_s = (ctx.queue_wait_s or 0.0) + ticket.waited_s
             try:
+                if route.adapter is not None and ctx is not None and ctx.adapter_path:
+                    await self._ensure_adapter(replica, route.adapter, ctx.adapter_path)
                 call = await self._attempt(lease, path, body, stream)
+            except _NoAdapterSlot as exc:
+                lease.release()
+                excluded.add(replica.replica_id)
+                last_error = exc
+                continue
             except _ReplicaFailed as exc:
                 lease.release()
                 if lease.ticket.cancel_reason == "superseded":
@@ -164,6 +182,32 @@ class Dispatcher:
             f"No replica of model `{model}` could answer: {last_error}",
             code="replica_failed",
             headers={"Retry-After": "2"},
+        )
+
+    async def _ensure_adapter(self, replica: ReplicaInfo, adapter: str, path: str) -> None:
+        """The adapter resident on ``replica`` before its request is sent:
+        loaded there (evicting the least recently used idle one) if needed."""
+        rid = replica.replica_id
+        if adapter in self.placement.resident(rid):
+            self.placement.touch(rid, adapter)
+            return
+        result = await self.registry.source.ensure_adapter(rid, adapter, path)
+        status = result.get("status")
+        if status in ("resident", "loaded"):
+            self.placement.loaded(rid, adapter, result.get("evicted", []))
+            if status == "loaded":
+                self.metrics.adapter_loads.labels(adapter=adapter, result="loaded").inc()
+                self.metrics.adapter_load_seconds.observe(float(result.get("load_s", 0.0)))
+            for name in result.get("evicted", []):
+                self.metrics.adapter_evictions.labels(adapter=name).inc()
+            return
+        if status == "full":
+            raise _NoAdapterSlot(result.get("message") or "no adapter slot free")
+        self.metrics.adapter_loads.labels(adapter=adapter, result="failed").inc()
+        raise UpstreamError(
+            f"The adapter `{adapter}` could not be loaded on replica {rid}: "
+            f"{result.get('message') or 'unknown error'}",
+            code="adapter_load_failed",
         )
 
     async def _attempt(self, lease: Lease, path: str, body: bytes, stream: bool) -> EngineCall:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from serving.adapters import ADAPTER_NAME_PATTERN
 from serving.config import LimitsConfig, check_cidrs
 from serving.errors import ConfigError
 
@@ -33,6 +34,16 @@ Role = Literal["user", "admin"]
 class TenantRecord(LimitsConfig):
     allowed_cidrs: list[str] = Field(
         default_factory=list, description="Client networks allowed (empty: any)."
+    )
+    adapter: str | None = Field(
+        default=None,
+        pattern=ADAPTER_NAME_PATTERN,
+        description="The tenant's team adapter, applied when its keys ask for the base model.",
+    )
+    training_data: Literal["off", "collect"] | None = Field(
+        default=None,
+        description="collect: keep accepted suggestions for the tenant's adapter training "
+        "(null: adapters.training_data).",
     )
 
     _cidrs = field_validator("allowed_cidrs")(check_cidrs)

@@ -25,6 +25,7 @@ from serving.config import LANES, AdmissionConfig
 from serving.engine_link.replica_info import ReplicaInfo
 from serving.errors import ConflictError, ServiceUnavailableError
 from serving.observability.metrics import GatewayMetrics
+from serving.upstream.adapters import AdapterPlacement
 from serving.upstream.registry import ReplicaRegistry
 from serving.upstream.routing import Router, RouteRequest
 
@@ -93,8 +94,12 @@ class AdmissionScheduler:
         metrics: GatewayMetrics,
         *,
         kv_weight: float = 0.0,
+        placement: AdapterPlacement | None = None,
     ) -> None:
         self.config = config
+        # Requests for a team adapter wait for a replica that holds it or may
+        # load it (a full replica of busy adapters takes no newcomer).
+        self.placement = placement
         self.registry = registry
         self.router = router
         self.metrics = metrics
@@ -200,27 +205,43 @@ class AdmissionScheduler:
         lanes = self._queues.get(model)
         if not lanes:
             return
-        while True:
-            heap = next((lanes[lane] for lane in LANES if lanes[lane]), None)
-            if heap is None:
-                return
-            ticket = heap[0][2]
-            free = self._free_replicas(model, ticket.exclude)
-            if not free:
-                return  # lower lanes must not overtake the head of a higher one
-            heapq.heappop(heap)
-            self._queued -= 1
-            self.metrics.labelled(self.metrics.queue_depth, ticket.lane).dec()
-            self._lane_clock[(model, ticket.lane)] = ticket.virtual_finish
-            ready = [r for r in self.registry.ready(model) if r.replica_id not in ticket.exclude]
-            route = ticket.route or RouteRequest(model)
-            replica = self.router.pick(route, free, ready, self.load)
-            ticket.replica = replica
-            ticket.dispatched = time.monotonic()
-            self._inflight[replica.replica_id].add(ticket)
-            self.metrics.labelled(self.metrics.queue_wait, ticket.lane).observe(ticket.waited_s)
-            if not ticket.future.done():
-                ticket.future.set_result(replica)
+        # Adapter requests no free replica can take yet wait aside (for an
+        # adapter slot), without holding up the requests behind them.
+        deferred: list[tuple[str, tuple[float, int, Ticket]]] = []
+        try:
+            while True:
+                lane = next((lane for lane in LANES if lanes[lane]), None)
+                if lane is None:
+                    return
+                heap = lanes[lane]
+                ticket = heap[0][2]
+                free = self._free_replicas(model, ticket.exclude)
+                if not free:
+                    return  # lower lanes must not overtake the head of a higher one
+                adapter = ticket.route.adapter if ticket.route is not None else None
+                if adapter is not None and self.placement is not None:
+                    free = [r for r in free if self.placement.can_host(r, adapter)]
+                    if not free:
+                        deferred.append((lane, heapq.heappop(heap)))
+                        continue
+                heapq.heappop(heap)
+                self._queued -= 1
+                self.metrics.labelled(self.metrics.queue_depth, ticket.lane).dec()
+                self._lane_clock[(model, ticket.lane)] = ticket.virtual_finish
+                ready = [
+                    r for r in self.registry.ready(model) if r.replica_id not in ticket.exclude
+                ]
+                route = ticket.route or RouteRequest(model)
+                replica = self.router.pick(route, free, ready, self.load)
+                ticket.replica = replica
+                ticket.dispatched = time.monotonic()
+                self._inflight[replica.replica_id].add(ticket)
+                self.metrics.labelled(self.metrics.queue_wait, ticket.lane).observe(ticket.waited_s)
+                if not ticket.future.done():
+                    ticket.future.set_result(replica)
+        finally:
+            for waiting_lane, entry in deferred:
+                heapq.heappush(lanes[waiting_lane], entry)
 
     def _supersede(self, ticket: Ticket) -> None:
         if ticket.document is None:

@@ -3,9 +3,13 @@ here, once per app (no module-level state)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from serving import __version__
+from serving.adapters import AdapterCatalog
 from serving.admission.auth import Authenticator
 from serving.admission.dispatch import Dispatcher
+from serving.admission.models import ModelResolver
 from serving.admission.quotas import Quotas
 from serving.admission.scheduler import AdmissionScheduler
 from serving.api.admin import AdminServing
@@ -29,6 +33,7 @@ from serving.observability.metrics import GatewayMetrics
 from serving.observability.suggestions import build_suggestion_store
 from serving.sandbox import Sandbox, SandboxResult
 from serving.tasks.completion import CodeCompleter
+from serving.upstream.adapters import AdapterAwareRouter, AdapterPlacement
 from serving.upstream.client import EngineClient, EngineTransport
 from serving.upstream.registry import ReplicaRegistry
 from serving.upstream.routing import build_router
@@ -54,15 +59,19 @@ def build_app(
     store = build_suggestion_store(config.telemetry) if config.telemetry.enabled else None
     events = SuggestionEvents(store, metrics)
     routing = config.routing
+    catalog = AdapterCatalog(Path(config.adapters.registry_file))
+    placement = AdapterPlacement()
     scheduler = AdmissionScheduler(
         config.admission,
         registry,
-        build_router(routing),
+        AdapterAwareRouter(build_router(routing), placement),
         metrics,
         kv_weight=routing.kv_weight if isinstance(routing, LeastLoadedRouting) else 0.0,
+        placement=placement,
     )
     registry.load_reporter = scheduler.queued_by_model
     registry.listeners.append(metrics.export_replicas)
+    registry.listeners.append(lambda replicas, _: placement.update(replicas))
     dispatcher = Dispatcher(
         registry,
         client,
@@ -71,6 +80,7 @@ def build_app(
         metrics,
         timeouts=config.timeouts,
         affinity_chars=routing.prefix_chars if isinstance(routing, PrefixAffinityRouting) else 1024,
+        placement=placement,
     )
 
     def count_run(result: SandboxResult) -> None:
@@ -78,9 +88,10 @@ def build_app(
 
     sandbox = sandbox or Sandbox(config.sandbox, on_run=count_run)
     completer = CodeCompleter(dispatcher, registry, config.tasks)
-    cursor = CursorCompletions(config.tasks, registry, completer)
-    openai = OpenAIServing(config.gateway, registry, dispatcher, completer)
-    status = StatusServing(registry, state, metrics)
+    models = ModelResolver(registry, catalog)
+    cursor = CursorCompletions(config.tasks, registry, completer, models)
+    openai = OpenAIServing(config.gateway, registry, dispatcher, completer, models)
+    status = StatusServing(registry, state, metrics, models)
     declared = gateway_routes(metrics_on_main_port=config.gateway.metrics_port is None)
     routes = RouteTable(
         declared,
@@ -109,6 +120,7 @@ def build_app(
         session_header=routing.header
         if isinstance(routing, SessionRouting)
         else "x-seed-serve-session",
+        training_data=config.adapters.training_data,
     )
 
     async def startup() -> None:

@@ -135,7 +135,7 @@ class CodeServing:
     # ------------------------------------------------------------------ repair
 
     async def repair(self, request: CodeRepairRequest, ctx: RequestContext) -> CodeRepairResponse:
-        status = self.cursor.model(request.model)
+        status = self.cursor.model(request.model, ctx)
         ctx.model = status.name
         ctx.prompt_text = request.code
         self.cursor.check_size("code", request.code, request.test, request.error)
@@ -181,7 +181,7 @@ class CodeServing:
     # ------------------------------------------------------------------ tests
 
     async def tests(self, request: CodeTestsRequest, ctx: RequestContext) -> CodeTestsResponse:
-        status = self.cursor.model(request.model)
+        status = self.cursor.model(request.model, ctx)
         ctx.model = status.name
         ctx.prompt_text = request.code
         self.cursor.check_size("code", request.code)

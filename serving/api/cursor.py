@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.api.openai_serving import resolve_model
+from serving.admission.models import ModelResolver
 from serving.config import TasksConfig
-from serving.errors import BadRequestError, NotFoundError
+from serving.errors import BadRequestError
 from serving.request_context import RequestContext
 from serving.tasks.completion import CodeCompleter, CompletionRun, PreparedCompletion
 from serving.tasks.languages import UnsupportedLanguage, resolve_language
@@ -85,24 +85,28 @@ class StartedCompletion:
 
 class CursorCompletions:
     def __init__(
-        self, config: TasksConfig, registry: ReplicaRegistry, completer: CodeCompleter
+        self,
+        config: TasksConfig,
+        registry: ReplicaRegistry,
+        completer: CodeCompleter,
+        models: ModelResolver,
     ) -> None:
         self.config = config
         self.registry = registry
         self.completer = completer
+        self.models = models
 
-    def model(self, name: str | None, *, field_name: str = "model") -> ModelStatus:
-        """The served model called ``name`` (None: the first one)."""
+    def model(
+        self, name: str | None, ctx: RequestContext | None, *, field_name: str = "model"
+    ) -> ModelStatus:
+        """The served model called ``name`` (None: the first one), and the
+        team adapter serving it for this caller (``ctx.adapter``)."""
         if name is None:
             models = self.registry.models()
             if not models:
                 raise BadRequestError("No model is configured.", param=field_name)
-            return models[0]
-        try:
-            return resolve_model(self.registry, name)
-        except NotFoundError as exc:
-            exc.param = field_name
-            raise
+            name = models[0].name
+        return self.models.resolve(name, ctx, param=field_name)
 
     def check_size(self, field_name: str, *texts: str | None) -> None:
         size = sum(len(t.encode("utf-8")) for t in texts if t)
@@ -138,7 +142,7 @@ class CursorCompletions:
     async def start(self, request: CursorRequest, ctx: RequestContext) -> StartedCompletion:
         """Check, prepare and send the completion (admitted, on a replica)."""
         started = time.monotonic()
-        status = self.model(request.model, field_name=request.name("model"))
+        status = self.model(request.model, ctx, field_name=request.name("model"))
         ctx.model = status.name
         ctx.prompt_text = request.prefix
         if ctx.document is None and request.path:

@@ -63,8 +63,10 @@ class FrontDoor:
         events: SuggestionEvents,
         auth_enabled: bool = True,
         session_header: str = "x-seed-serve-session",
+        training_data: str = "off",
     ) -> None:
         self.routes = routes
+        self.training_data = training_data  # tenants' default (adapters.training_data)
         self.config = config
         self.auth = auth
         self.quotas = quotas
@@ -137,6 +139,10 @@ class FrontDoor:
                         )
                         ctx.key_id = principal.key.id
                         ctx.tenant = principal.tenant_name
+                        ctx.default_adapter = principal.tenant.adapter
+                        ctx.keep_training_data = (
+                            principal.tenant.training_data or self.training_data
+                        ) == "collect"
                         if access is Access.ADMIN and principal.key.role != "admin":
                             raise PermissionDeniedError(
                                 "This route needs an admin key.", code="admin_only"
@@ -218,10 +224,11 @@ class FrontDoor:
         model = ctx.model or "unknown"
         ended = time.monotonic()
         m = self.metrics
-        m.labelled(m.requests, ctx.task, model, str(ctx.status)).inc()
-        m.labelled(m.request_duration, ctx.task, model).observe(ended - ctx.started)
+        adapter = ctx.adapter or ""
+        m.labelled(m.requests, ctx.task, model, adapter, str(ctx.status)).inc()
+        m.labelled(m.request_duration, ctx.task, model, adapter).observe(ended - ctx.started)
         if ctx.first_token is not None and ctx.status == 200 and ctx.outcome == "ok":
-            m.labelled(m.ttft, ctx.task, model).observe(ctx.first_token - ctx.started)
+            m.labelled(m.ttft, ctx.task, model, adapter).observe(ctx.first_token - ctx.started)
             if ctx.completion_tokens > 1:
                 m.labelled(m.tpot, ctx.task, model).observe(
                     (ended - ctx.first_token) / (ctx.completion_tokens - 1)
@@ -275,6 +282,7 @@ class FrontDoor:
             "route": ctx.route,
             "task": ctx.task,
             "model": ctx.model,
+            "adapter": ctx.adapter,
             "lane": ctx.lane,
             "replica": ctx.replica,
             "prompt_tokens": ctx.prompt_tokens,

@@ -161,7 +161,7 @@ class LlamaCppServing:
         return await self._serve(request, cursor, ctx, warm=request.n_predict == 0)
 
     async def props(self, ctx: RequestContext) -> BodyAnswer:
-        status = self.cursor.model(None)
+        status = self.cursor.model(None, ctx)
         settings = {"n_ctx": status.max_model_len, "params": self._settings(status, None)}
         return BodyAnswer(
             _compact(

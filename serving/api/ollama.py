@@ -69,15 +69,15 @@ class OllamaServing:
         self.openai = openai
         self.started = datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
-    def _model(self, name: str | None) -> ModelStatus:
+    def _model(self, name: str | None, ctx: RequestContext) -> ModelStatus:
         if not name:
             raise BadRequestError("model is required", param="model")
-        return self.cursor.model(name)
+        return self.cursor.model(name, ctx)
 
     # ------------------------------------------------------------------ generate
 
     async def generate(self, request: GenerateRequest, ctx: RequestContext) -> Answer:
-        status = self._model(request.model)
+        status = self._model(request.model, ctx)
         ctx.model = status.name
         if request.context:
             raise BadRequestError(
@@ -183,7 +183,7 @@ class OllamaServing:
     # ------------------------------------------------------------------ chat
 
     async def chat(self, request: ChatRequest, ctx: RequestContext) -> Answer:
-        status = self._model(request.model)
+        status = self._model(request.model, ctx)
         if not request.messages:
             raise BadRequestError("messages are required", param="messages")
         messages = [
@@ -294,7 +294,7 @@ class OllamaServing:
         )
 
     async def show(self, request: ShowRequest, ctx: RequestContext) -> ShowResponse:
-        status = self._model(request.model or request.name)
+        status = self._model(request.model or request.name, ctx)
         template = fim_template(status.fim_template)
         if template is not None:
             # Go template syntax, as Ollama shows it: Continue uses suffix-FIM

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from serving.admission.dispatch import Dispatcher, EngineCall
+from serving.admission.models import ModelResolver
 from serving.admission.scheduler import Superseded
 from serving.api.protocol import (
     ChatCompletionRequest,
@@ -36,7 +37,7 @@ from serving.api.responses import (
     sse_event,
 )
 from serving.config import GatewayConfig, LimitsConfig
-from serving.errors import APIError, BadRequestError, NotFoundError, UpstreamError
+from serving.errors import APIError, BadRequestError, UpstreamError
 from serving.request_context import RequestContext
 from serving.tasks.completion import CodeCompleter
 from serving.upstream.client import EngineHTTPError
@@ -49,18 +50,6 @@ _DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 _NO_CAPS = LimitsConfig()  # no key (auth off): no per-request caps
 
 
-def resolve_model(registry: ReplicaRegistry, model: str) -> ModelStatus:
-    status = registry.model(model)
-    if status is None:
-        raise NotFoundError(
-            f"The model `{model}` does not exist. Available: "
-            + ", ".join(m.name for m in registry.models()),
-            param="model",
-            code="model_not_found",
-        )
-    return status
-
-
 class OpenAIServing:
     def __init__(
         self,
@@ -68,16 +57,18 @@ class OpenAIServing:
         registry: ReplicaRegistry,
         dispatcher: Dispatcher,
         completer: CodeCompleter,
+        models: ModelResolver,
     ) -> None:
         self.config = config
         self.registry = registry
+        self.models = models
         self.dispatcher = dispatcher
         self.completer = completer
 
     # ------------------------------------------------------------------ routes
 
     async def completions(self, request: CompletionRequest, ctx: RequestContext) -> Answer:
-        status = resolve_model(self.registry, request.model)
+        status = self.models.resolve(request.model, ctx)
         ctx.model = status.name
         if isinstance(request.prompt, str):
             ctx.prompt_text = request.prompt
@@ -115,7 +106,7 @@ class OpenAIServing:
         )
 
     def _check_chat(self, request: ChatCompletionRequest, ctx: RequestContext) -> None:
-        status = resolve_model(self.registry, request.model)
+        status = self.models.resolve(request.model, ctx)
         ctx.model = status.name
         self._check_n(request.n, ctx)
         if status.replicas_ready and not status.has_chat_template:

@@ -177,6 +177,9 @@ class ModelCard(BaseModel):
         description="How `suffix` is served: the model's FIM format, or prefix-only "
         "generation followed by suffix-aware trimming."
     )
+    parent: str | None = Field(
+        default=None, description="For a team adapter (`<base>:<adapter>`): the base model."
+    )
 
 
 class ModelList(BaseModel):

@@ -8,22 +8,28 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from serving.admission.models import ModelResolver
 from serving.api.protocol import ModelCard, ModelList
 from serving.api.responses import BodyAnswer, json_answer
 from serving.api.state import GatewayState
 from serving.observability.metrics import GatewayMetrics
 from serving.request_context import RequestContext
 from serving.upstream.engine_metrics import relabel_engine_metrics
-from serving.upstream.registry import ReplicaRegistry
+from serving.upstream.registry import ModelStatus, ReplicaRegistry
 
 _PROMETHEUS = CONTENT_TYPE_LATEST.encode()
 
 
 class StatusServing:
     def __init__(
-        self, registry: ReplicaRegistry, state: GatewayState, metrics: GatewayMetrics
+        self,
+        registry: ReplicaRegistry,
+        state: GatewayState,
+        metrics: GatewayMetrics,
+        models: ModelResolver | None = None,
     ) -> None:
         self.registry = registry
+        self.resolver = models
         self.state = state
         self.gateway_metrics = metrics
         self.started = int(time.time())
@@ -42,20 +48,30 @@ class StatusServing:
         )
 
     async def models(self, ctx: RequestContext) -> BodyAnswer:
-        cards = [
-            ModelCard(
-                id=m.name,
-                created=self.started,
-                max_model_len=m.max_model_len,
-                replicas_ready=m.replicas_ready,
-                replicas_total=m.replicas_total,
-                chat=m.has_chat_template,
-                fim=m.fim_template,
-                fim_mode="native" if m.fim_template != "none" else "prefix-only",
-            )
-            for m in self.registry.models()
-        ]
+        """The served models, then the caller's tenant's team adapters of them
+        (``<base>:<adapter>``, ``parent`` the base; no other tenant's)."""
+        served = {m.name: m for m in self.registry.models()}
+        cards = [self._card(m.name, m) for m in served.values()]
+        for adapter in self.resolver.adapters(ctx) if self.resolver is not None else []:
+            base = served.get(adapter.base_model)
+            if base is not None:
+                card = self._card(f"{base.name}:{adapter.name}", base)
+                card.parent = base.name
+                card.owned_by = adapter.tenant
+                cards.append(card)
         return json_answer(ModelList(data=cards))
+
+    def _card(self, model_id: str, m: ModelStatus) -> ModelCard:
+        return ModelCard(
+            id=model_id,
+            created=self.started,
+            max_model_len=m.max_model_len,
+            replicas_ready=m.replicas_ready,
+            replicas_total=m.replicas_total,
+            chat=m.has_chat_template,
+            fim=m.fim_template,
+            fim_mode="native" if m.fim_template != "none" else "prefix-only",
+        )
 
     async def metrics(self, ctx: RequestContext) -> BodyAnswer:
         return BodyAnswer(self.gateway_metrics.render(), content_type=_PROMETHEUS)

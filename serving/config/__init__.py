@@ -8,6 +8,7 @@ A leaf: it imports only ``serving.errors``, ``serving.paths`` and
 ``serving.fim_templates``, so every layer, the Ray actors included, can read it.
 """
 
+from serving.config._adapters import LORA_RANKS, AdaptersConfig, LoraConfig
 from serving.config._admission import (
     LANES,
     AdmissionConfig,
@@ -41,7 +42,9 @@ from serving.config._scaling import (
 __all__ = [
     "ENV_PREFIX",
     "LANES",
+    "LORA_RANKS",
     "MANAGED_ENGINE_ARGS",
+    "AdaptersConfig",
     "AdmissionConfig",
     "AuditConfig",
     "AuthConfig",
@@ -52,6 +55,7 @@ __all__ = [
     "Lane",
     "LeastLoadedRouting",
     "LimitsConfig",
+    "LoraConfig",
     "PrefixAffinityRouting",
     "QuotaConfig",
     "RayConfig",

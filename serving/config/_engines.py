@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from serving.config._adapters import LoraConfig
 from serving.config._base import MODEL_NAME_PATTERN, NAME_PATTERN, Strict
 from serving.config._scaling import AutoscalingConfig
 from serving.fim_templates import template_names
@@ -39,6 +40,10 @@ MANAGED_ENGINE_ARGS = frozenset(
         "max-num-seqs",
         "distributed-executor-backend",
         "root-path",
+        "enable-lora",
+        "max-loras",
+        "max-lora-rank",
+        "max-cpu-loras",
     }
 )
 
@@ -232,6 +237,9 @@ class ReplicaGroupConfig(Strict):
     )
     max_restarts: int = Field(
         default=3, ge=-1, le=1000, description="Ray restarts of a dead replica (-1: unlimited)."
+    )
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig, description="Team adapters (LoRA) on this group's engines."
     )
 
 

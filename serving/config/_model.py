@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
+from serving.config._adapters import AdaptersConfig
 from serving.config._admission import AdmissionConfig, AuditConfig, AuthConfig, QuotaConfig
 from serving.config._base import Strict
 from serving.config._engines import RayConfig, ReplicaGroupConfig
@@ -44,6 +45,10 @@ class ServingConfig(Strict):
     )
     sandbox: SandboxConfig = Field(
         default_factory=SandboxConfig, description="Isolated execution of code."
+    )
+    adapters: AdaptersConfig = Field(
+        default_factory=AdaptersConfig,
+        description="Team adapters: registry, storage roots, teams' training data.",
     )
     replica_groups: list[ReplicaGroupConfig] = Field(
         default_factory=lambda: [ReplicaGroupConfig()],

@@ -51,6 +51,13 @@ class ReplicaInfo:
     kv_cache_usage: float = 0.0  # KV-cache blocks in use, 0-1
     prefix_hits: float = 0.0  # prefix-cache hit tokens since the engine started
     prefix_queries: float = 0.0  # prefix-cache queried tokens since the engine started
+    # Team adapters (replica_groups[].lora): how many it keeps loaded (0: no
+    # LoRA), how long one must have been idle to be evicted, the routing load
+    # bound, and the resident ones: [{"name", "idle_s"}], least recently used first.
+    lora_capacity: int = 0
+    lora_min_resident_s: float = 0.0
+    lora_load_bound: float = 1.5
+    adapters: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ready(self) -> bool:

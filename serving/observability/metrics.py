@@ -2,7 +2,8 @@
 
 Names start with ``seed_serve_``; counters end in ``_total``, durations are
 ``_seconds`` histograms with buckets fit for code completion (fine-grained
-from 5 ms). Labels are bounded: task, model, tenant (configured tenants),
+from 5 ms). Labels are bounded: task, model, adapter (registered team adapters; empty
+for the base model), tenant (configured tenants),
 lane, status, replica, reason, language, event, outcome; never users or keys.
 Each gateway app owns its own registry (no module-level state). The task
 label's values are the tasks of the gateway's route table (and ``other``).
@@ -40,20 +41,20 @@ class GatewayMetrics:
         self.requests = Counter(
             "seed_serve_requests_total",
             "Requests answered.",
-            ["task", "model", "status"],
+            ["task", "model", "adapter", "status"],
             registry=r,
         )
         self.request_duration = Histogram(
             "seed_serve_request_duration_seconds",
             "Whole request time, first byte in to last byte out.",
-            ["task", "model"],
+            ["task", "model", "adapter"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.ttft = Histogram(
             "seed_serve_time_to_first_token_seconds",
             "Time to the first byte of the answer (streams: the first token).",
-            ["task", "model"],
+            ["task", "model", "adapter"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -183,6 +184,30 @@ class GatewayMetrics:
             "Audit lines that could not be written.",
             registry=r,
         )
+        self.adapter_loads = Counter(
+            "seed_serve_adapter_loads_total",
+            "Team adapters loaded onto a replica at run time, by result (loaded, failed).",
+            ["adapter", "result"],
+            registry=r,
+        )
+        self.adapter_evictions = Counter(
+            "seed_serve_adapter_evictions_total",
+            "Team adapters unloaded from a replica to make room for another.",
+            ["adapter"],
+            registry=r,
+        )
+        self.adapter_load_seconds = Histogram(
+            "seed_serve_adapter_load_seconds",
+            "Time to load a team adapter onto a replica.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.replica_adapters = Gauge(
+            "seed_serve_replica_adapters",
+            "Team adapters resident on the replica.",
+            ["replica"],
+            registry=r,
+        )
         self.keys_reloads = Counter(
             "seed_serve_keys_reloads_total", "Keys file reloads.", ["result"], registry=r
         )
@@ -214,6 +239,8 @@ class GatewayMetrics:
                 self.replica_waiting.labels(replica=rid).set(replica.waiting)
                 self.replica_kv_usage.labels(replica=rid).set(replica.kv_cache_usage)
                 self.replica_prefix_hit.labels(replica=rid).set(replica.prefix_hit_ratio)
+                if replica.lora_capacity:
+                    self.replica_adapters.labels(replica=rid).set(len(replica.adapters))
         present = {rid for rid, _ in current}
         for rid, model in self._replicas_exported - current:
             for gauge in (self.replica_up, self.replica_ready):
@@ -221,7 +248,8 @@ class GatewayMetrics:
                     gauge.remove(rid, model)
             if rid not in present:
                 for gauge in (self.replica_running, self.replica_waiting, self.replica_kv_usage,
-                              self.replica_prefix_hit, self.replica_inflight_target):  # fmt: skip
+                              self.replica_prefix_hit, self.replica_inflight_target,
+                              self.replica_adapters):  # fmt: skip
                     with contextlib.suppress(KeyError):
                         gauge.remove(rid)
         self._replicas_exported = current

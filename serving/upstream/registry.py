@@ -49,6 +49,13 @@ class ReplicaSource(Protocol):
     async def scale(self, group: str, replicas: int) -> dict[str, Any]:
         """Raises ScalingUnavailable, or ValueError for an unknown group."""
 
+    async def ensure_adapter(self, replica_id: str, name: str, path: str) -> dict[str, Any]:
+        """Make a team adapter resident on one replica: {"status": resident |
+        loaded | full | failed, "evicted", "load_s", "message"}."""
+
+    async def unload_adapter(self, name: str) -> list[str]:
+        """Unload an adapter everywhere; the replicas that held it."""
+
 
 class RayControllerSource:
     """Asks the controller actor (its cached state: no engine round trip)."""
@@ -82,6 +89,12 @@ class RayControllerSource:
                 raise cause from None
             raise
 
+    async def ensure_adapter(self, replica_id: str, name: str, path: str) -> dict[str, Any]:
+        return dict(await self.controller.ensure_adapter.remote(replica_id, name, path))
+
+    async def unload_adapter(self, name: str) -> list[str]:
+        return list(await self.controller.unload_adapter.remote(name))
+
 
 class StaticSource:
     """A fixed list of replicas (benchmark instruments and tests: no Ray cluster)."""
@@ -107,6 +120,13 @@ class StaticSource:
     async def scale(self, group: str, replicas: int) -> dict[str, Any]:
         raise ScalingUnavailable("This gateway has no Ray controller to scale.")
 
+    async def ensure_adapter(self, replica_id: str, name: str, path: str) -> dict[str, Any]:
+        message = "this gateway has no Ray controller to load adapters"
+        return {"status": "failed", "evicted": [], "load_s": 0.0, "message": message}
+
+    async def unload_adapter(self, name: str) -> list[str]:
+        return []
+
 
 @dataclass(frozen=True)
 class ModelStatus:
@@ -118,6 +138,7 @@ class ModelStatus:
     fim_template: str
     replicas_ready: int
     replicas_total: int
+    lora_capacity: int = 0  # adapters its replicas keep loaded (0: no team adapters)
 
 
 RefreshListener = Callable[[list[ReplicaInfo], Callable[[str], bool]], None]
@@ -220,6 +241,7 @@ class ReplicaRegistry:
             fim_template=replicas[0].fim_template,
             replicas_ready=len(ready),
             replicas_total=len(replicas),
+            lora_capacity=max((r.lora_capacity for r in replicas), default=0),
         )
 
     def token_counter(self, model: str) -> TokenCounter:

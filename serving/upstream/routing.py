@@ -31,6 +31,7 @@ class RouteRequest:
     model: str
     affinity: str | None = None  # document identity or prompt start
     session: str | None = None  # session header or API key
+    adapter: str | None = None  # a team adapter (LoRA) the replica must hold
 
 
 LoadFn = Callable[[ReplicaInfo], float]
