@@ -152,6 +152,23 @@ def create_key(
     return record, secret
 
 
+def update_tenant(path: Path, tenant: str, **changes: Any) -> TenantRecord:
+    """Set fields of a tenant's record (limits, ``adapter``, ``training_data``;
+    None clears one). Gateways pick the change up with the keys file."""
+    keys = load_keys_file(path)
+    current = keys.tenants.get(tenant, TenantRecord())
+    values = {**current.model_dump(exclude_none=True), **changes}
+    try:
+        record = TenantRecord.model_validate({k: v for k, v in values.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"tenants.{tenant}.{where}", first["msg"]) from None
+    keys.tenants[tenant] = record
+    save_keys_file(path, keys)
+    return record
+
+
 def revoke_key(path: Path, key_id: str) -> KeyRecord:
     keys = load_keys_file(path)
     for record in keys.keys:

@@ -11,18 +11,64 @@ for the key that sent it.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from serving.adapters import AdapterCatalog, AdapterRecord
-from serving.errors import BadRequestError, NotFoundError
+from serving.background import Periodic
+from serving.errors import BadRequestError, ConfigError, NotFoundError
 from serving.request_context import RequestContext
 from serving.upstream.registry import ModelStatus, ReplicaRegistry
 
 ADAPTER_SEPARATOR = ":"
+logger = logging.getLogger("seed_serve.adapters")
 
 
 class ModelResolver:
-    def __init__(self, registry: ReplicaRegistry, catalog: AdapterCatalog | None) -> None:
+    def __init__(
+        self,
+        registry: ReplicaRegistry,
+        catalog: AdapterCatalog | None,
+        *,
+        reload_interval_s: float = 2.0,
+    ) -> None:
         self.registry = registry
         self.catalog = catalog
+        self._watch = Periodic(
+            "adapter registry check", self.reload, reload_interval_s, logger=logger
+        )
+
+    async def start(self) -> None:
+        if self.catalog is not None:
+            self._watch.start()
+
+    async def stop(self) -> None:
+        await self._watch.stop()
+
+    async def reload(self) -> None:
+        """Re-read the adapter registry when it changed; adapters removed (or
+        moved to a new folder) are unloaded from the replicas holding them."""
+        if self.catalog is None:
+            return
+        before = {a.name: a.path for a in self.catalog.all()}
+        try:
+            changed = await asyncio.to_thread(self.catalog.reload)
+        except ConfigError as exc:
+            logger.error("adapter registry not reloaded (the last good one stays): %s", exc)
+            return
+        if not changed:
+            return
+        after = {a.name: a.path for a in self.catalog.all()}
+        logger.info("adapter registry reloaded: %d adapters", len(after))
+        for name, path in before.items():
+            if after.get(name) != path:
+                try:
+                    holders = await self.registry.source.unload_adapter(name)
+                except Exception as exc:
+                    logger.warning("could not unload adapter %s: %s", name, exc)
+                    continue
+                if holders:
+                    logger.info("adapter %s unloaded from %s", name, ", ".join(holders))
 
     def _usable(self, name: str, base: str, ctx: RequestContext | None) -> AdapterRecord | None:
         if self.catalog is None or ctx is None or ctx.tenant is None:

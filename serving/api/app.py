@@ -88,7 +88,7 @@ def build_app(
 
     sandbox = sandbox or Sandbox(config.sandbox, on_run=count_run)
     completer = CodeCompleter(dispatcher, registry, config.tasks)
-    models = ModelResolver(registry, catalog)
+    models = ModelResolver(registry, catalog, reload_interval_s=config.adapters.reload_interval_s)
     cursor = CursorCompletions(config.tasks, registry, completer, models)
     openai = OpenAIServing(config.gateway, registry, dispatcher, completer, models)
     status = StatusServing(registry, state, metrics, models)
@@ -127,10 +127,13 @@ def build_app(
         await registry.start()
         await registry.wait_first_refresh()
         await auth.start()
+        await models.reload()  # adapters known before the first request
+        await models.start()
         await scheduler.start()
 
     async def shutdown() -> None:
         await scheduler.stop()
+        await models.stop()
         await auth.stop()
         await registry.stop()
         await client.close()

@@ -83,29 +83,27 @@ class OpenAIServing:
             return await self._fill_in_the_middle(request, status, ctx)
         self._check_prompt_fits(request, status, ctx)
         payload = request.model_dump(exclude_unset=True)
-        return await self.forward(ctx, "/v1/completions", payload, request.model, request.stream)
+        return await self.forward(ctx, "/v1/completions", payload, status.name, request.stream)
 
     async def chat(self, request: ChatCompletionRequest, ctx: RequestContext) -> Answer:
-        self._check_chat(request, ctx)
+        status = self._check_chat(request, ctx)
         payload = request.model_dump(exclude_unset=True)
-        return await self.forward(
-            ctx, "/v1/chat/completions", payload, request.model, request.stream
-        )
+        return await self.forward(ctx, "/v1/chat/completions", payload, status.name, request.stream)
 
     async def open_chat_stream(
         self, request: ChatCompletionRequest, ctx: RequestContext
     ) -> EngineCall:
         """A chat completion's engine stream (with usage), for fronts that
         translate it into their own protocol (Ollama's /api/chat)."""
-        self._check_chat(request, ctx)
+        status = self._check_chat(request, ctx)
         payload = request.model_dump(exclude_unset=True)
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
         return await self.dispatcher.open(
-            ctx, request.model, "/v1/chat/completions", payload, stream=True, cost=_cost(payload)
+            ctx, status.name, "/v1/chat/completions", payload, stream=True, cost=_cost(payload)
         )
 
-    def _check_chat(self, request: ChatCompletionRequest, ctx: RequestContext) -> None:
+    def _check_chat(self, request: ChatCompletionRequest, ctx: RequestContext) -> ModelStatus:
         status = self.models.resolve(request.model, ctx)
         ctx.model = status.name
         self._check_n(request.n, ctx)
@@ -118,6 +116,7 @@ class OpenAIServing:
             )
         field = "max_completion_tokens" if request.max_completion_tokens else "max_tokens"
         self._check_output_limit(status, request.output_limit(), field, ctx)
+        return status
 
     # ------------------------------------------------------------------ checks
 

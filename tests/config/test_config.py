@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from serving.cluster.engine_process import engine_command, engine_environment
 from serving.config import (
@@ -237,3 +237,26 @@ def test_joining_ray_retries_until_the_head_answers(monkeypatch: pytest.MonkeyPa
     with pytest.raises(StartupError, match="could not start or join Ray"):
         init_ray(namespace="n", address="head:6379", connect_timeout_s=0)
     assert len(attempts) == 1
+
+
+def test_lora_groups_start_engines_with_runtime_adapters(tmp_path: Path) -> None:
+    from serving.config import LoraConfig
+
+    engine = EngineConfig(model=str(tmp_path), served_model_name="m")
+    lora = LoraConfig(enabled=True, max_loras=2, max_lora_rank=8, max_cpu_loras=4)
+    joined = " ".join(engine_command(engine, host="127.0.0.1", port=1, lora=lora))
+    assert "--enable-lora --max-loras 2 --max-lora-rank 8 --max-cpu-loras 4" in joined
+    env = engine_environment(engine, token="t", base={}, lora=lora)
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    off = LoraConfig()
+    assert "--enable-lora" not in engine_command(engine, host="127.0.0.1", port=1, lora=off)
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in engine_environment(
+        engine, token="t", base={}, lora=off
+    )
+    assert LoraConfig(enabled=True, max_loras=3).capacity == 3
+    with pytest.raises(ValidationError, match="max_cpu_loras"):
+        LoraConfig(max_loras=4, max_cpu_loras=2)
+    with pytest.raises(ValidationError, match="vLLM takes ranks"):
+        LoraConfig(max_lora_rank=12)
+    with pytest.raises(ValidationError, match="set by Seed Serve"):
+        EngineConfig(extra_args={"enable-lora": True})

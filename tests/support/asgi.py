@@ -130,8 +130,15 @@ async def running(app: GatewayApp) -> AsyncIterator[GatewayApp]:
 def scripted_config(tmp_path: Path | None = None, **sections: Any) -> ServingConfig:
     """A gateway config for scripted engines: auth off unless asked, no audit
     file unless asked, fast ticks."""
+    home = Path(tmp_path) if tmp_path is not None else Path("/nonexistent/seed-serve-test")
     values: dict[str, Any] = {
         "auth": {"enabled": False, "demo_key_file": None},
+        # Never the machine's own adapter registry.
+        "adapters": {
+            "registry_file": str(home / "adapters" / "registry.yaml"),
+            "roots": [str(home / "adapters")],
+            "data_dir": str(home / "team-data"),
+        },
         "audit": {"file": None},
         "admission": {"stats_interval_s": 0.05},
         "timeouts": {"first_token_s": 5, "idle_s": 5, "total_s": 30, "retries": 2},

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.cluster.adapters import ResidentAdapters
+from serving.config import LoraConfig
 from serving.engine_link.http import EngineConnectionError
 from serving.engine_link.replica_info import ReplicaInfo, ReplicaState
 
@@ -88,6 +90,22 @@ class ScriptedEngine:
         self.kv_cache_usage = 0.0
         self._rng = random.Random(0)
         self._arrival: asyncio.Event | None = None
+        # vLLM's runtime adapter API: loads and unloads it was asked for, and
+        # adapter folders whose load fails (a corrupt adapter).
+        self.adapter_calls: list[tuple[str, str]] = []
+        self.broken_adapter_paths: set[str] = set()
+        self.adapters: ResidentAdapters | None = None
+
+    async def adapter_api(
+        self, method: str, path: str, body: Any = None, *, timeout_s: float = 5.0
+    ) -> tuple[int, bytes]:
+        """What vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter answer."""
+        action = "load" if path == "/v1/load_lora_adapter" else "unload"
+        self.adapter_calls.append((action, body["lora_name"]))
+        if action == "load" and body["lora_path"] in self.broken_adapter_paths:
+            message = "Loading lora failed: adapter_model.safetensors is not a safetensors file"
+            return 500, json.dumps({"error": {"message": message}}).encode()
+        return 200, b"Success"
 
     def got(self, received: Received) -> None:
         self.received.append(received)
@@ -121,6 +139,13 @@ class ScriptedEngine:
             "waiting": self.extra_waiting,
             "kv_cache_usage": self.kv_cache_usage,
         }
+        if self.adapters is not None:
+            values.update(
+                lora_capacity=self.adapters.lora.capacity,
+                lora_min_resident_s=self.adapters.lora.min_resident_s,
+                lora_load_bound=self.adapters.lora.load_bound,
+                adapters=self.adapters.report(),
+            )
         values.update(overrides)
         return ReplicaInfo(**values)
 
@@ -427,6 +452,21 @@ class ScriptedCluster:
 
     def transport(self) -> ScriptedTransport:
         return ScriptedTransport(*self.engines)
+
+    def enable_lora(self, lora: LoraConfig, roots: list[str], clock: Any = None) -> None:
+        """Give every engine team adapters, managed by the replica's own logic
+        (serving.cluster.adapters) over the engines' scripted adapter API."""
+        for engine in self.engines:
+            extra = {} if clock is None else {"clock": clock}
+            engine.adapters = ResidentAdapters(lora, roots, engine.adapter_api, **extra)
+
+    async def ensure_adapter(self, replica_id: str, name: str, path: str) -> dict[str, Any]:
+        engine = next(e for e in self.engines if e.replica_id == replica_id)
+        assert engine.adapters is not None, "enable_lora() first"
+        return await engine.adapters.ensure(name, path)
+
+    async def unload_adapter(self, name: str) -> list[str]:
+        return [e.replica_id for e in self.engines if e.adapters and await e.adapters.unload(name)]
 
 
 async def settle() -> None:

@@ -34,3 +34,21 @@ def test_engine_metrics_are_merged_and_labelled_by_replica() -> None:
     # A replica whose text cannot be parsed is left out, not the whole answer.
     partial = relabel_engine_metrics({"r0": text, "bad": "vllm:x{ 1\n"}).decode()
     assert 'replica="r0"' in partial and 'replica="bad"' not in partial
+
+
+def test_the_engines_active_adapters_are_its_newest_lora_series() -> None:
+    from serving.engine_link.engine_metrics import parse_engine_metrics
+
+    page = "\n".join(
+        [
+            'vllm:lora_requests_info{max_lora="2",running_lora_adapters="old",'
+            'waiting_lora_adapters=""} 1.7e9',
+            'vllm:lora_requests_info{max_lora="2",running_lora_adapters="payments-v1,search-v1",'
+            'waiting_lora_adapters="infra-v2"} 1.8e9',
+            'vllm:num_requests_running{engine="0"} 3.0',
+        ]
+    )
+    load = parse_engine_metrics(page)
+    assert load.active_adapters == ("payments-v1", "search-v1", "infra-v2")
+    assert load.running == 3.0
+    assert parse_engine_metrics('vllm:num_requests_running{engine="0"} 1.0').active_adapters == ()
