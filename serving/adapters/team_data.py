@@ -40,6 +40,7 @@ class TrainingExample:
     suffix: str
     shown: str  # the suggestion as the IDE showed it
     accepted_chars: int  # how much of it the developer kept
+    context: str = ""  # other files of the repository, as the model saw them
 
     @property
     def accepted(self) -> str:

@@ -3,10 +3,12 @@ here, once per app (no module-level state)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
 from serving import __version__
-from serving.adapters import AdapterCatalog
+from serving.adapters import AdapterCatalog, TeamDataStore
 from serving.admission.auth import Authenticator
 from serving.admission.dispatch import Dispatcher
 from serving.admission.models import ModelResolver
@@ -27,6 +29,7 @@ from serving.api.state import GatewayState
 from serving.api.status import StatusServing
 from serving.api.suggestion_events import SuggestionEvents
 from serving.api.tabby import TabbyServing
+from serving.background import Periodic
 from serving.config import LeastLoadedRouting, PrefixAffinityRouting, ServingConfig, SessionRouting
 from serving.observability.audit import AuditLog
 from serving.observability.metrics import GatewayMetrics
@@ -37,6 +40,9 @@ from serving.upstream.adapters import AdapterAwareRouter, AdapterPlacement
 from serving.upstream.client import EngineClient, EngineTransport
 from serving.upstream.registry import ReplicaRegistry
 from serving.upstream.routing import build_router
+
+logger = logging.getLogger("seed_serve.app")
+_RETENTION_CHECK_S = 3600.0  # retention is counted in days
 
 
 def build_app(
@@ -57,7 +63,19 @@ def build_app(
     quotas = Quotas(config.quotas, metrics)
     audit = AuditLog(config.audit)
     store = build_suggestion_store(config.telemetry) if config.telemetry.enabled else None
-    events = SuggestionEvents(store, metrics)
+    team_data = TeamDataStore(
+        config.adapters.data_dir, retention_days=config.adapters.retention_days
+    )
+    events = SuggestionEvents(store, metrics, team_data)
+
+    async def drop_expired_team_data() -> None:
+        removed = await asyncio.to_thread(team_data.apply_retention)
+        if removed:
+            logger.info("team data: %d day files past adapters.retention_days removed", removed)
+
+    retention = Periodic(
+        "team data retention", drop_expired_team_data, _RETENTION_CHECK_S, logger=logger
+    )
     routing = config.routing
     catalog = AdapterCatalog(Path(config.adapters.registry_file))
     placement = AdapterPlacement()
@@ -129,11 +147,13 @@ def build_app(
         await auth.start()
         await models.reload()  # adapters known before the first request
         await models.start()
+        retention.start()
         await scheduler.start()
 
     async def shutdown() -> None:
         await scheduler.stop()
         await models.stop()
+        await retention.stop()
         await auth.stop()
         await registry.stop()
         await client.close()

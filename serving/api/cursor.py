@@ -180,6 +180,7 @@ class CursorCompletions:
         completion_id = f"cmpl-{uuid.uuid4().hex}"
         ctx.response_id = completion_id
         ctx.language = language
+
         return StartedCompletion(
             id=completion_id,
             created=int(time.time()),

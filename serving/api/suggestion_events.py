@@ -4,8 +4,11 @@ for the routes the table marks ``tracked``)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from datetime import UTC, datetime
 
+from serving.adapters import TeamDataStore, TrainingExample
 from serving.api.code_protocol import SuggestionEventRequest, SuggestionEventResponse
 from serving.errors import BadRequestError, ConflictError, NotFoundError
 from serving.observability.metrics import GatewayMetrics
@@ -34,9 +37,15 @@ def language_label(language: str | None) -> str:
 
 
 class SuggestionEvents:
-    def __init__(self, store: SuggestionStore | None, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        store: SuggestionStore | None,
+        metrics: GatewayMetrics,
+        team_data: TeamDataStore | None = None,
+    ) -> None:
         self.store = store  # None: telemetry disabled
         self.metrics = metrics
+        self.team_data = team_data
 
     async def track(self, ctx: RequestContext) -> None:
         """Remember a successful answer (called before its last byte is sent, so an
@@ -48,6 +57,9 @@ class SuggestionEvents:
             or ctx.outcome != "ok"
         ):
             return
+        example = None
+        if ctx.keep_training_data and ctx.training_context and ctx.completion_text:
+            example = {**ctx.training_context, "shown": ctx.completion_text}
         completion = TrackedSuggestion(
             key_id=ctx.key_id,
             tenant=ctx.tenant or "anonymous",
@@ -55,6 +67,8 @@ class SuggestionEvents:
             model=ctx.model or "unknown",
             language=language_label(ctx.language),
             chars=len(ctx.completion_text) if ctx.completion_text is not None else None,
+            adapter=ctx.adapter,
+            example=example,
         )
         try:
             await self.store.remember(ctx.response_id, completion)
@@ -112,8 +126,13 @@ class SuggestionEvents:
                 if chars is None:
                     chars = completion.chars or 0
                 self.metrics.accepted_chars.labels(**labels).inc(chars)
+        kept = False
+        if recorded and request.event == "accepted":
+            kept = await self._keep(request, completion, language, ctx)
         ctx.model = completion.model
+        ctx.adapter = completion.adapter
         ctx.audit_extra["suggestion"] = {
+            "kept_for_training": kept,
             "completion_id": request.completion_id,
             "event": request.event,
             "task": completion.task,
@@ -124,6 +143,42 @@ class SuggestionEvents:
         return SuggestionEventResponse(
             completion_id=request.completion_id, event=request.event, recorded=recorded
         )
+
+    async def _keep(
+        self,
+        request: SuggestionEventRequest,
+        completion: TrackedSuggestion,
+        language: str,
+        ctx: RequestContext,
+    ) -> bool:
+        """Keep an accepted suggestion for the tenant's adapter training: only
+        when the tenant collected when it was made and still does now."""
+        if self.team_data is None or completion.example is None or not ctx.keep_training_data:
+            return False
+        shown = str(completion.example.get("shown", ""))
+        accepted = request.accepted_chars if request.accepted_chars is not None else len(shown)
+        if accepted <= 0:
+            return False
+        example = TrainingExample(
+            completion_id=request.completion_id,
+            time=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            tenant=completion.tenant,
+            model=completion.model,
+            adapter=completion.adapter,
+            language=language,
+            path=completion.example.get("path"),
+            prefix=str(completion.example.get("prefix", "")),
+            suffix=str(completion.example.get("suffix", "")),
+            context=str(completion.example.get("context", "")),
+            shown=shown,
+            accepted_chars=min(accepted, len(shown)),
+        )
+        try:
+            await asyncio.to_thread(self.team_data.append, example)
+        except (OSError, ValueError) as exc:  # the event is still counted
+            logger.error("could not keep an accepted suggestion for training: %s", exc)
+            return False
+        return True
 
     async def close(self) -> None:
         if self.store is not None:

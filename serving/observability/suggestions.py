@@ -19,7 +19,7 @@ import json
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from serving.config import TelemetryConfig
 
@@ -36,6 +36,10 @@ class TrackedSuggestion:
     model: str
     language: str
     chars: int | None  # length of the returned text, when the gateway saw it whole
+    adapter: str | None = None
+    # Only for tenants collecting training data: what the model saw (prefix,
+    # suffix, context, path) and the suggestion shown ("shown").
+    example: dict[str, Any] | None = None
 
 
 class OutcomeConflict(Exception):

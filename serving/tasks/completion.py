@@ -49,6 +49,24 @@ class PreparedCompletion:
     # continue "...\n" far better than "...\n    " (the spaces would be split
     # into odd tokens). The generation's own copy of it is dropped again.
     healed: str = ""
+    # What the model saw of the code, for a tenant's training data: the code
+    # before the cursor (with its path line), after it, and other files' context.
+    seen_prefix: str = ""
+    seen_suffix: str = ""
+    seen_context: str = ""
+    path: str | None = None
+
+    def seen(self) -> dict[str, Any] | None:
+        """What the model saw, for a tenant's training data (None for a prompt
+        the client rendered itself: its parts are not known)."""
+        if self.fim_mode == "client":
+            return None
+        return {
+            "prefix": self.seen_prefix,
+            "suffix": self.seen_suffix,
+            "context": self.seen_context,
+            "path": self.path,
+        }
 
 
 @dataclass
@@ -261,6 +279,10 @@ class CodeCompleter:
             fim_mode="native" if template else "prefix-only",
             trimmed=trimmed,
             healed=healed,
+            seen_prefix=code,
+            seen_suffix=kept_suffix if template else suffix,
+            seen_context=repo_part,
+            path=path,
         )
 
     @staticmethod
@@ -357,6 +379,8 @@ class CodeCompleter:
             payload["stop_token_ids"] = prepared.stop_token_ids
         if ctx is not None and ctx.affinity_text is None:
             ctx.affinity_text = prepared.point.prefix
+        if ctx is not None and ctx.keep_training_data:
+            ctx.training_context = prepared.seen()
         call = await self.dispatcher.open(
             ctx,
             prepared.model,
