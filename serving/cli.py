@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from serving import __version__
+from serving.cli_adapters import add_parser as add_adapters_parser
+from serving.cli_adapters import run as run_adapters
 from serving.config import ServingConfig, dump_config, load_config
 from serving.errors import ConfigError, StartupError
 
@@ -119,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="Config whose ray.address to use (default: the running `seed-serve up`).",
     )
 
+    add_adapters_parser(commands)
+
     commands.add_parser("version", help="Print the version.")
     return parser
 
@@ -145,6 +149,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _keys(args)
     if args.command == "scale":
         return _scale(args)
+    if args.command == "adapters":
+        return run_adapters(args)
     if args.command == "demo-model":
         from serving.demo_model import build_demo_model
 

@@ -4,6 +4,8 @@ the import and the rule it breaks.
 
     api -> tasks -> admission -> upstream      (each may import what is below it)
     cluster                                    (the Ray side: no gateway package)
+    training                                   (a Ray job: no gateway package; nothing
+                                                serving imports it, only the command line)
     sandbox, observability                     (beside the layers: none of them)
     leaves: config, errors, paths, request_context, tokens, fim_templates,
             background, engine_link, adapters  (nothing above them)
@@ -31,19 +33,29 @@ LEAVES = {
     "engine_link",
     "adapters",
 }
-ABOVE_THE_LEAVES = GATEWAY | {"cluster", "sandbox", "observability"}
+ABOVE_THE_LEAVES = GATEWAY | {"cluster", "sandbox", "observability", "training"}
 # part -> (parts it must never import, why)
 RULES: dict[str, tuple[set[str], str]] = {
-    "api": ({"cluster"}, "the gateway reaches the cluster only through upstream's replica source"),
-    "tasks": ({"api", "cluster"}, "tasks know no HTTP"),
-    "admission": ({"api", "tasks", "cluster"}, "admission knows no HTTP and no prompts"),
+    "api": (
+        {"cluster", "training"},
+        "the gateway reaches the cluster only through upstream's replica source",
+    ),
+    "tasks": ({"api", "cluster", "training"}, "tasks know no HTTP"),
+    "admission": (
+        {"api", "tasks", "cluster", "training"},
+        "admission knows no HTTP and no prompts",
+    ),
     "upstream": (
-        {"api", "tasks", "admission", "cluster"},
+        {"api", "tasks", "admission", "cluster", "training"},
         "the engine side knows no tenants or prompts",
     ),
-    "cluster": (GATEWAY, "Ray actors carry no gateway code"),
+    "cluster": (GATEWAY | {"training"}, "Ray actors carry no gateway code"),
     "sandbox": (GATEWAY | {"observability", "cluster"}, "the sandbox is a leaf beside the layers"),
     "observability": (GATEWAY | {"cluster", "sandbox"}, "metrics and logs are a leaf"),
+    "training": (
+        GATEWAY | {"cluster", "sandbox", "observability"},
+        "training runs as a Ray job beside the serving path",
+    ),
     **{leaf: (ABOVE_THE_LEAVES, "a leaf imports nothing above it") for leaf in LEAVES},
 }
 
@@ -111,7 +123,16 @@ def test_no_import_breaks_the_layers() -> None:
 
 def test_every_package_is_under_a_rule() -> None:
     """A new package must be placed in the stack (or be part of the face)."""
-    face = {"cli", "runtime", "ray_cluster", "demo_model", "tiny_model", "config_docs", "__main__"}
+    face = {
+        "cli",
+        "cli_adapters",
+        "runtime",
+        "ray_cluster",
+        "demo_model",
+        "tiny_model",
+        "config_docs",
+        "__main__",
+    }
     parts = {p.stem if p.is_file() else p.name for p in SERVING.iterdir()}
     parts = {p for p in parts if not p.startswith(("_", ".")) and p not in {"data", "py"}}
     unplaced = parts - set(RULES) - face
