@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving.adapters import (
+    ADAPTER_NAME_PATTERN,
+    AdapterRefused,
+    add_adapter,
+    load_registry,
+    remove_adapter,
+)
+from serving.admission.keys import load_keys_file, update_tenant
 from serving.api.responses import BodyAnswer, json_answer
-from serving.errors import BadRequestError
+from serving.config import ServingConfig
+from serving.errors import BadRequestError, NotFoundError
 from serving.request_context import RequestContext
 from serving.upstream.registry import ReplicaRegistry, ScalingUnavailable
 
@@ -19,9 +30,100 @@ class ScaleRequest(BaseModel):
     replicas: int = Field(ge=0, le=1024, description="Replicas the group should have.")
 
 
+class AdapterAddRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(pattern=ADAPTER_NAME_PATTERN, description="Unique adapter name.")
+    base_model: str = Field(min_length=1, description="Served name of the model it adapts.")
+    path: str = Field(min_length=1, description="The peft LoRA folder, under adapters.roots.")
+    tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="The team that owns it.")
+    make_default: bool = Field(default=False, description="Make it the tenant's default.")
+    description: str = Field(default="", max_length=500)
+
+
+class AdapterRemoveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1, description="The adapter to unregister (files stay).")
+
+
 class AdminServing:
-    def __init__(self, registry: ReplicaRegistry) -> None:
+    def __init__(self, registry: ReplicaRegistry, config: ServingConfig | None = None) -> None:
         self.registry = registry
+        self.config = config or ServingConfig()
+        self.registry_file = Path(self.config.adapters.registry_file)
+        self.keys_file = Path(self.config.auth.keys_file).expanduser()
+
+    async def adapters(self, ctx: RequestContext) -> BodyAnswer:
+        """Every registered adapter, whose default it is, and where it is loaded."""
+        registry, keys = await asyncio.gather(
+            asyncio.to_thread(load_registry, self.registry_file),
+            asyncio.to_thread(load_keys_file, self.keys_file),
+        )
+        loaded: dict[str, list[str]] = {}
+        for replica in self.registry.all():
+            for adapter in replica.adapters:
+                loaded.setdefault(adapter["name"], []).append(replica.replica_id)
+        listing = [
+            {
+                **record.model_dump(mode="json"),
+                "default_of": [t for t, r in keys.tenants.items() if r.adapter == record.name],
+                "loaded_on": loaded.get(record.name, []),
+            }
+            for record in registry.adapters
+        ]
+        return json_answer({"adapters": listing})
+
+    async def add_adapter(self, request: AdapterAddRequest, ctx: RequestContext) -> BodyAnswer:
+        """Register an adapter folder (checked: under adapters.roots, a LoRA, its rank)."""
+        ranks = [
+            g.lora.max_lora_rank
+            for g in self.config.replica_groups
+            if g.lora.enabled and g.engine.served_model_name == request.base_model
+        ]
+        if not ranks:
+            raise BadRequestError(
+                f"No replica group serves `{request.base_model}` with adapters "
+                "(replica_groups[].lora.enabled).",
+                param="base_model",
+            )
+        try:
+            record = await asyncio.to_thread(
+                add_adapter,
+                self.registry_file,
+                name=request.name,
+                base_model=request.base_model,
+                path=request.path,
+                tenant=request.tenant,
+                roots=self.config.adapters.roots,
+                max_rank=max(ranks),
+                description=request.description,
+            )
+        except AdapterRefused as exc:
+            field = "name" if "already registered" in str(exc) else "path"
+            raise BadRequestError(str(exc), param=field, code="adapter_refused") from None
+        if request.make_default:
+            await asyncio.to_thread(
+                update_tenant, self.keys_file, request.tenant, adapter=record.name
+            )
+        return json_answer(record.model_dump(mode="json"), status=201)
+
+    async def remove_adapter(
+        self, request: AdapterRemoveRequest, ctx: RequestContext
+    ) -> BodyAnswer:
+        """Unregister an adapter: tenants using it by default fall back to the
+        base model, gateways unload it from the replicas (its files stay)."""
+        try:
+            record = await asyncio.to_thread(remove_adapter, self.registry_file, request.name)
+        except KeyError:
+            raise NotFoundError(
+                f"No adapter `{request.name}` is registered.", param="name"
+            ) from None
+        keys = await asyncio.to_thread(load_keys_file, self.keys_file)
+        for tenant, tenant_record in keys.tenants.items():
+            if tenant_record.adapter == request.name:
+                await asyncio.to_thread(update_tenant, self.keys_file, tenant, adapter=None)
+        return json_answer({"removed": record.name, "path": record.path})
 
     async def replicas(self, ctx: RequestContext) -> BodyAnswer:
         """Replica groups and every replica's state and load (never secrets)."""

@@ -121,7 +121,7 @@ def build_app(
             TabbyServing(cursor, events, device=_device(config)),
             events,
             status,
-            AdminServing(registry),
+            AdminServing(registry, config),
             OpenAPIServing(declared, title="Seed Serve", version=__version__),
         ],
     )

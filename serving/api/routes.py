@@ -10,7 +10,12 @@ a route is adding one declaration here (and its serving call).
 
 from __future__ import annotations
 
-from serving.api.admin import AdminServing, ScaleRequest
+from serving.api.admin import (
+    AdapterAddRequest,
+    AdapterRemoveRequest,
+    AdminServing,
+    ScaleRequest,
+)
 from serving.api.code_protocol import (
     CodeCompletionRequest,
     CodeCompletionResponse,
@@ -140,6 +145,15 @@ GATEWAY_ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/admin/replicas", AdminServing.scale,
           "Add or remove replicas of a group without a restart (removal drains first).",
           access=Access.ADMIN, request=ScaleRequest, errors=(400, 401, 403)),
+    Route("GET", "/v1/admin/adapters", AdminServing.adapters,
+          "Team adapters: registered, whose default, loaded where.",
+          access=Access.ADMIN, errors=(401, 403)),
+    Route("POST", "/v1/admin/adapters", AdminServing.add_adapter,
+          "Register a team adapter (a LoRA folder under adapters.roots).",
+          access=Access.ADMIN, request=AdapterAddRequest, errors=(400, 401, 403)),
+    Route("DELETE", "/v1/admin/adapters", AdminServing.remove_adapter,
+          "Unregister a team adapter (gateways unload it; its files stay).",
+          access=Access.ADMIN, request=AdapterRemoveRequest, errors=(400, 401, 403, 404)),
 )  # fmt: skip
 
 # The internal metrics port: /metrics and /metrics/engines without a key.

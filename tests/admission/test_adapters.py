@@ -48,7 +48,12 @@ class Team:
     def config(self, **sections: Any) -> Any:
         return scripted_config(
             self.home,
-            auth={"enabled": True, "keys_file": str(self.keys), "demo_key_file": None},
+            auth={
+                "enabled": True,
+                "keys_file": str(self.keys),
+                "demo_key_file": None,
+                "reload_interval_s": 0.05,
+            },
             audit={"file": str(self.audit)},
             **sections,
         )
@@ -311,5 +316,62 @@ def test_adapters_on_a_group_without_lora_are_refused_by_id(tmp_path: Path) -> N
             # The default applies only where adapters are served: the base answers.
             assert (await complete(gateway, team.payments)).status == 200
             assert engine_models(engine) == [MODEL]
+
+    run(scenario())
+
+
+def test_admins_register_list_and_remove_adapters_over_the_api(tmp_path: Path) -> None:
+    from serving.admission.keys import load_keys_file
+
+    team = Team(tmp_path)
+    _, admin = create_key(team.keys, tenant="ops", name="root", role="admin")
+    good = fake_adapter_folder(team.root / "payments-v2")
+    outside = fake_adapter_folder(tmp_path / "elsewhere" / "x")
+    lora = LoraConfig(enabled=True, max_loras=2, max_lora_rank=8)
+
+    async def scenario() -> None:
+        engine = ScriptedEngine("s-0")
+        async with lora_gateway(
+            team, engine, lora=lora, adapters={"reload_interval_s": 0.05},
+            replica_groups=[{"name": "scripted", "lora": lora.model_dump(),
+                             "engine": {"model": MODEL, "served_model_name": MODEL}}],
+        ) as gateway:  # fmt: skip
+            body = {"name": "payments-v2", "base_model": MODEL, "tenant": "payments"}
+            as_user = await gateway.call(
+                "POST", "/v1/admin/adapters", json_body={**body, "path": str(good)},
+                headers=headers(team.payments),
+            )  # fmt: skip
+            assert as_user.status == 403
+            refused = await gateway.call(
+                "POST", "/v1/admin/adapters", json_body={**body, "path": str(outside)},
+                headers=headers(admin),
+            )  # fmt: skip
+            assert refused.status == 400 and refused.json()["error"]["param"] == "path"
+            assert "outside the configured adapter roots" in refused.json()["error"]["message"]
+            added = await gateway.call(
+                "POST", "/v1/admin/adapters",
+                json_body={**body, "path": str(good), "make_default": True},
+                headers=headers(admin),
+            )  # fmt: skip
+            assert added.status == 201, added.body
+            assert load_keys_file(team.keys).tenants["payments"].adapter == "payments-v2"
+            await asyncio.sleep(0.3)  # keys file and registry reload
+            assert (await complete(gateway, team.payments)).status == 200
+            await gateway.registry.refresh()
+            listing = await gateway.call("GET", "/v1/admin/adapters", headers=headers(admin))
+            [entry] = listing.json()["adapters"]
+            assert entry["name"] == "payments-v2" and entry["default_of"] == ["payments"]
+            assert entry["loaded_on"] == ["s-0"]
+            removed = await gateway.call(
+                "DELETE", "/v1/admin/adapters", json_body={"name": "payments-v2"},
+                headers=headers(admin),
+            )  # fmt: skip
+            assert removed.status == 200, removed.body
+            assert load_keys_file(team.keys).tenants["payments"].adapter is None
+            again = await gateway.call(
+                "DELETE", "/v1/admin/adapters", json_body={"name": "payments-v2"},
+                headers=headers(admin),
+            )  # fmt: skip
+            assert again.status == 404 and again.json()["error"]["param"] == "name"
 
     run(scenario())

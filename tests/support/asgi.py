@@ -147,7 +147,8 @@ def scripted_config(tmp_path: Path | None = None, **sections: Any) -> ServingCon
         ],
     }
     for name, section in sections.items():
-        values[name] = {**values.get(name, {}), **section}
+        merge = isinstance(section, dict) and isinstance(values.get(name), dict)
+        values[name] = {**values[name], **section} if merge else section
     return ServingConfig.model_validate(values)
 
 

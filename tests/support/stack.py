@@ -86,6 +86,15 @@ def tiny_stack_config(model_dir: Path) -> dict[str, Any]:
     # candidates keep the test-generation and repair routes quick for the
     # fuzzing and the quality run (they spent ~2 of the suite's minutes here).
     config["tasks"] = {"tests_max_tokens": 128, "tests_regenerations": 0, "repair_max_tokens": 128}
+    # Team adapters (tests/e2e/tiny/test_adapters.py): LoRA on, and a Ray CPU
+    # free beside the two replicas for the training job.
+    config["replica_groups"][0]["lora"] = {
+        "enabled": True,
+        "max_loras": 2,
+        "max_lora_rank": 8,
+        "min_resident_s": 5,
+    }
+    config["ray"]["num_cpus"] = 3
     return config
 
 
