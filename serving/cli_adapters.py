@@ -92,12 +92,15 @@ def _list(config: ServingConfig, keys_file: Path, tenant: str | None) -> int:
     from serving.adapters import load_registry
     from serving.admission.keys import load_keys_file
 
+    registry = load_registry(Path(config.adapters.registry_file))
     defaults: dict[str, list[str]] = {}
+    for name, adapter in registry.defaults.items():
+        defaults.setdefault(adapter, []).append(name)
     for name, tenant_record in load_keys_file(keys_file).tenants.items():
-        if tenant_record.adapter:
+        if tenant_record.adapter:  # a pin in the keys file wins
             defaults.setdefault(tenant_record.adapter, []).append(name)
     print(f"{'NAME':28}  {'BASE':20}  {'TENANT':14}  {'RANK':4}  {'DEFAULT':7}  SCORES")
-    for record in load_registry(Path(config.adapters.registry_file)).adapters:
+    for record in registry.adapters:
         if tenant and record.tenant != tenant:
             continue
         scores = ", ".join(f"{k} {v:.3f}" for k, v in record.scores.items()) or "-"
@@ -126,8 +129,7 @@ def _max_rank(config: ServingConfig, base: str) -> int | None:
 
 
 def _add(config: ServingConfig, keys_file: Path, args: argparse.Namespace) -> int:
-    from serving.adapters import AdapterRefused, add_adapter
-    from serving.admission.keys import update_tenant
+    from serving.adapters import AdapterRefused, add_adapter, set_default
 
     try:
         record = add_adapter(
@@ -144,14 +146,14 @@ def _add(config: ServingConfig, keys_file: Path, args: argparse.Namespace) -> in
         raise ConfigError("adapter", str(exc)) from None
     print(f"adapter {record.name} (rank {record.rank}) of {record.base_model} for {record.tenant}")
     if args.default:
-        update_tenant(keys_file, args.tenant, adapter=record.name)
+        set_default(Path(config.adapters.registry_file), args.tenant, record.name)
         print(f"tenant {args.tenant} now uses {record.name} for {record.base_model}")
     return 0
 
 
 def _remove(config: ServingConfig, keys_file: Path, name: str) -> int:
     from serving.adapters import remove_adapter
-    from serving.admission.keys import load_keys_file, update_tenant
+    from serving.admission.keys import load_keys_file
 
     try:
         record = remove_adapter(Path(config.adapters.registry_file), name)
@@ -159,8 +161,11 @@ def _remove(config: ServingConfig, keys_file: Path, name: str) -> int:
         raise ConfigError("adapter", f"no adapter named {name!r} is registered") from None
     for tenant, tenant_record in load_keys_file(keys_file).tenants.items():
         if tenant_record.adapter == name:
-            update_tenant(keys_file, tenant, adapter=None)
-            print(f"tenant {tenant} falls back to the base model {record.base_model}")
+            print(
+                f"warning: tenant {tenant} pins {name} in {keys_file} (tenants.{tenant}.adapter); "
+                "it gets the base model until the pin is changed",
+                file=sys.stderr,
+            )
     print(f"adapter {name} removed (its files stay in {record.path})")
     return 0
 
@@ -214,18 +219,22 @@ def _join_ray(config: ServingConfig) -> None:
 
 def _train(config: ServingConfig, keys_file: Path, args: argparse.Namespace) -> int:
     from serving.adapters import load_registry
-    from serving.admission.keys import load_keys_file, update_tenant
+    from serving.admission.keys import load_keys_file
     from serving.training.job import TrainingParams, run_training
 
+    registry = load_registry(Path(config.adapters.registry_file))
     tenant_record = load_keys_file(keys_file).tenants.get(args.tenant)
-    current = None
-    if tenant_record is not None and tenant_record.adapter:
-        found = load_registry(Path(config.adapters.registry_file)).get(tenant_record.adapter)
-        if found is not None and Path(found.path).is_dir():
-            current = found
-
-    def make_default(adapter: str) -> None:
-        update_tenant(keys_file, args.tenant, adapter=adapter)
+    pinned = tenant_record.adapter if tenant_record is not None else None
+    current_name = pinned or registry.defaults.get(args.tenant)
+    current = registry.get(current_name) if current_name else None
+    if current is not None and not Path(current.path).is_dir():
+        current = None
+    if pinned:
+        print(
+            f"note: tenant {args.tenant} pins {pinned} in the keys file; a published adapter "
+            "serves it once the pin is removed",
+            file=sys.stderr,
+        )
 
     params = TrainingParams(
         steps=args.steps,
@@ -246,7 +255,6 @@ def _train(config: ServingConfig, keys_file: Path, args: argparse.Namespace) -> 
             config,
             tenant=args.tenant,
             current=current,
-            make_default=make_default,
             base_model=args.base,
             name=args.name,
             repo=args.repo,

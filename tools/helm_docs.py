@@ -53,6 +53,9 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "gateway.pdb.minAvailable": {"type": ["integer", "string"]},
     "image.pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
     "ray.clientPort": {"minimum": 1, "maximum": 65535},
+    "adapters.storage.kind": {"enum": ["pvc", "volume"]},
+    "adapters.training.gpus": {"minimum": 0},
+    "adapters.training.maxReplicas": {"minimum": 1},
     "ray.workerGroups": {
         "items": {
             "type": "object",
@@ -248,11 +251,17 @@ def generated() -> dict[Path, str]:
     text = VALUES.read_text()
     values = yaml.safe_load(text)
     descriptions = documented_keys(text)
-    return {
-        SCHEMA: json.dumps(build_schema(values, descriptions), indent=2) + "\n",
-        README: build_readme(values, descriptions),
-        KUBERAY: build_kuberay(),
-    }
+    schema = json.dumps(build_schema(values, descriptions), indent=2) + "\n"
+    # The KubeRay manifest is rendered by Helm, which checks the values
+    # against the schema on disk: a new value needs the new schema first.
+    previous = SCHEMA.read_text() if SCHEMA.exists() else None
+    SCHEMA.write_text(schema)
+    try:
+        kuberay = build_kuberay()
+    finally:
+        if previous is not None:
+            SCHEMA.write_text(previous)
+    return {SCHEMA: schema, README: build_readme(values, descriptions), KUBERAY: kuberay}
 
 
 def main(argv: list[str]) -> int:

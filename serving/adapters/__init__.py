@@ -18,6 +18,7 @@ from serving.adapters.registry import (
     check_adapter_folder,
     load_registry,
     remove_adapter,
+    set_default,
     update_adapter,
 )
 from serving.adapters.team_data import TeamDataStore, TrainingExample
@@ -35,5 +36,6 @@ __all__ = [
     "check_adapter_folder",
     "load_registry",
     "remove_adapter",
+    "set_default",
     "update_adapter",
 ]

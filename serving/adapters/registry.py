@@ -57,6 +57,10 @@ class AdapterRegistryFile(BaseModel):
 
     version: Literal[1] = 1
     adapters: list[AdapterRecord] = Field(default_factory=list)
+    # tenant -> its published adapter (what `adapters train` publishes and
+    # `--default` sets; the registry lives on the shared volume, which every
+    # gateway can write, unlike a keys file mounted from a Secret).
+    defaults: dict[str, str] = Field(default_factory=dict)
 
     def get(self, name: str) -> AdapterRecord | None:
         return next((a for a in self.adapters if a.name == name), None)
@@ -221,15 +225,31 @@ def update_adapter(registry_path: Path, name: str, **changes: Any) -> AdapterRec
 
 
 def remove_adapter(registry_path: Path, name: str) -> AdapterRecord:
-    """Unregister (the files stay); raises KeyError for an unknown name."""
+    """Unregister (the files stay; a tenant it was the default of falls back
+    to the base model); raises KeyError for an unknown name."""
     with _locked(registry_path):
         registry = load_registry(registry_path)
         record = registry.get(name)
         if record is None:
             raise KeyError(name)
         registry.adapters.remove(record)
+        registry.defaults = {t: a for t, a in registry.defaults.items() if a != name}
         _save(registry_path, registry)
     return record
+
+
+def set_default(registry_path: Path, tenant: str, name: str | None) -> None:
+    """Make ``name`` the tenant's adapter (None: the base model again)."""
+    with _locked(registry_path):
+        registry = load_registry(registry_path)
+        if name is None:
+            registry.defaults.pop(tenant, None)
+        else:
+            record = registry.get(name)
+            if record is None or record.tenant != tenant:
+                raise AdapterRefused(f"tenant {tenant!r} has no adapter named {name!r}")
+            registry.defaults[tenant] = name
+        _save(registry_path, registry)
 
 
 class AdapterCatalog:
@@ -240,6 +260,7 @@ class AdapterCatalog:
         self.registry_path = registry_path
         self._stamp: tuple[int, int] | None = None
         self._by_name: dict[str, AdapterRecord] = {}
+        self._defaults: dict[str, str] = {}
 
     def reload(self) -> bool:
         """Re-read the file if it changed; True when it did. A bad file keeps
@@ -253,8 +274,13 @@ class AdapterCatalog:
             return False
         registry = load_registry(self.registry_path)
         self._by_name = {a.name: a for a in registry.adapters}
+        self._defaults = dict(registry.defaults)
         self._stamp = stamp
         return True
+
+    def default_of(self, tenant: str | None) -> str | None:
+        """The adapter published as ``tenant``'s default, if any."""
+        return self._defaults.get(tenant) if tenant is not None else None
 
     def get(self, name: str) -> AdapterRecord | None:
         return self._by_name.get(name)

@@ -38,7 +38,8 @@ class TenantRecord(LimitsConfig):
     adapter: str | None = Field(
         default=None,
         pattern=ADAPTER_NAME_PATTERN,
-        description="The tenant's team adapter, applied when its keys ask for the base model.",
+        description="Pins the tenant's team adapter, applied when its keys ask for the base "
+        "model (wins over the default published in the adapter registry).",
     )
     training_data: Literal["off", "collect"] | None = Field(
         default=None,

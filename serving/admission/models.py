@@ -1,9 +1,10 @@
 """Which served model, and which team adapter, a request's ``model`` means
 for the key that sent it.
 
-- A served model's name: that model; with the tenant's default adapter
-  (``tenants.<name>.adapter`` in the keys file) applied when it adapts that
-  model and the model's replicas serve adapters.
+- A served model's name: that model; with the tenant's adapter applied when
+  it adapts that model and the model's replicas serve adapters: the one
+  pinned in the keys file (``tenants.<name>.adapter``), else the one published
+  as its default in the adapter registry (``adapters train``, ``--default``).
 - ``<base>:<adapter>``: that adapter of that model, for the tenant owning it.
 - Anything else, another tenant's adapter included: the same 404 as an unknown
   model, listing only what this caller may use.
@@ -80,8 +81,9 @@ class ModelResolver:
         Raises NotFoundError (``param`` named) for anything this caller may not use."""
         status = self.registry.model(model)
         if status is not None:
-            if ctx is not None and ctx.default_adapter and status.lora_capacity:
-                record = self._usable(ctx.default_adapter, status.name, ctx)
+            default = self._default(ctx)
+            if ctx is not None and default and status.lora_capacity:
+                record = self._usable(default, status.name, ctx)
                 if record is not None:
                     _use(record, ctx)
             return status
@@ -104,6 +106,15 @@ class ModelResolver:
             param=param,
             code="model_not_found",
         )
+
+    def _default(self, ctx: RequestContext | None) -> str | None:
+        """The tenant's adapter: pinned in the keys file, else published in
+        the adapter registry."""
+        if ctx is None:
+            return None
+        if ctx.default_adapter:
+            return ctx.default_adapter
+        return self.catalog.default_of(ctx.tenant) if self.catalog is not None else None
 
     def ids(self, ctx: RequestContext | None) -> list[str]:
         """The model ids this caller may use: served models, then its adapters."""

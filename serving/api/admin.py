@@ -14,8 +14,9 @@ from serving.adapters import (
     add_adapter,
     load_registry,
     remove_adapter,
+    set_default,
 )
-from serving.admission.keys import load_keys_file, update_tenant
+from serving.admission.keys import load_keys_file
 from serving.api.responses import BodyAnswer, json_answer
 from serving.config import ServingConfig
 from serving.errors import BadRequestError, NotFoundError
@@ -64,10 +65,12 @@ class AdminServing:
         for replica in self.registry.all():
             for adapter in replica.adapters:
                 loaded.setdefault(adapter["name"], []).append(replica.replica_id)
+        pins = {t: r.adapter for t, r in keys.tenants.items() if r.adapter}
+        defaults = {**registry.defaults, **pins}  # a pin in the keys file wins
         listing = [
             {
                 **record.model_dump(mode="json"),
-                "default_of": [t for t, r in keys.tenants.items() if r.adapter == record.name],
+                "default_of": sorted(t for t, a in defaults.items() if a == record.name),
                 "loaded_on": loaded.get(record.name, []),
             }
             for record in registry.adapters
@@ -103,9 +106,7 @@ class AdminServing:
             field = "name" if "already registered" in str(exc) else "path"
             raise BadRequestError(str(exc), param=field, code="adapter_refused") from None
         if request.make_default:
-            await asyncio.to_thread(
-                update_tenant, self.keys_file, request.tenant, adapter=record.name
-            )
+            await asyncio.to_thread(set_default, self.registry_file, request.tenant, record.name)
         return json_answer(record.model_dump(mode="json"), status=201)
 
     async def remove_adapter(
@@ -120,10 +121,9 @@ class AdminServing:
                 f"No adapter `{request.name}` is registered.", param="name"
             ) from None
         keys = await asyncio.to_thread(load_keys_file, self.keys_file)
-        for tenant, tenant_record in keys.tenants.items():
-            if tenant_record.adapter == request.name:
-                await asyncio.to_thread(update_tenant, self.keys_file, tenant, adapter=None)
-        return json_answer({"removed": record.name, "path": record.path})
+        pinned = sorted(t for t, r in keys.tenants.items() if r.adapter == request.name)
+        # Pins live in the keys file (a Secret on Kubernetes): the operator's to change.
+        return json_answer({"removed": record.name, "path": record.path, "still_pinned_by": pinned})
 
     async def replicas(self, ctx: RequestContext) -> BodyAnswer:
         """Replica groups and every replica's state and load (never secrets)."""

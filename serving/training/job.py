@@ -24,7 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.adapters import AdapterRecord, AdapterRefused, TeamDataStore, add_adapter
+from serving.adapters import (
+    AdapterRecord,
+    AdapterRefused,
+    TeamDataStore,
+    add_adapter,
+    set_default,
+)
 from serving.config import ReplicaGroupConfig, ServingConfig
 from serving.errors import ConfigError
 from serving.fim_templates import fim_template
@@ -112,7 +118,6 @@ def run_training(
     *,
     tenant: str,
     current: AdapterRecord | None = None,
-    make_default: Callable[[str], None] | None = None,
     base_model: str | None = None,
     name: str | None = None,
     repo: Path | None = None,
@@ -122,7 +127,7 @@ def run_training(
 ) -> RunRecord:
     """Train, evaluate and (if better) publish ``tenant``'s adapter: better
     than the base model and than ``current`` (the tenant's adapter now);
-    publishing registers it and calls ``make_default`` with its name. Needs
+    publishing registers it and makes it the tenant's default. Needs
     Ray initialised by the caller (a cluster joined, or a local one)."""
     import ray
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
@@ -225,8 +230,6 @@ def run_training(
     record.loss_plot = str(_plot_losses(record, output_dir / "loss.png"))
     if record.published and publish:
         _publish(config, record, adapter_dir, group)
-        if make_default is not None:
-            make_default(record.adapter)
     elif record.published:
         record.published = False
         record.decision += " (not published: --no-publish)"
@@ -281,6 +284,7 @@ def _publish(
             scores=flat,
             description=f"trained {record.started} on {record.examples['train']} examples",
         )
+        set_default(Path(config.adapters.registry_file), record.tenant, record.adapter)
     except AdapterRefused as exc:
         raise ConfigError(
             "adapters", f"the trained adapter could not be registered: {exc}"

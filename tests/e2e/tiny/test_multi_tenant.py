@@ -424,7 +424,9 @@ def test_full_admission_queue_answers_503_at_once(
         admission={"target_inflight_per_replica": 1, "max_queue": 1, "adaptive": False},
     )
     gateways.append(gateway)
-    body = LONG
+    # Long enough that the first three still hold both slots and the queue
+    # when the other three arrive (the threads start within milliseconds).
+    body = {**LONG, "max_tokens": 300, "min_tokens": 300}
     results: list[httpx.Response] = []
 
     def one() -> None:
@@ -465,7 +467,7 @@ def test_completions_overtake_a_test_generation_flood(
         tmp_path / "gw",
         keys_file,
         admission={"target_inflight_per_replica": 1, "adaptive": False},
-        tasks={"tests_max_tokens": 200, "tests_candidates": 1, "tests_regenerations": 0},
+        tasks={"tests_max_tokens": 100, "tests_candidates": 1, "tests_regenerations": 0},
     )
     gateways.append(gateway)
 

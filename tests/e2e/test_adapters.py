@@ -56,9 +56,12 @@ def post(stack: SeedServeProcess, secret: str, path: str, body: dict[str, Any]) 
 
 
 def test_a_tenants_adapter_from_accepted_suggestions_to_its_completions(
-    tiny_stack: SeedServeProcess, tmp_path: Path
+    early_scale_out_stack: SeedServeProcess | None, tmp_path: Path
 ) -> None:
-    stack = tiny_stack
+    """On test_scale_out.py's stack (LoRA on, two replicas), which runs next."""
+    assert early_scale_out_stack is not None
+    stack = early_scale_out_stack
+    stack.wait_ready(replicas=2)
     keys = stack.keys_file
     _, house = create_key(keys, tenant="house", name="dev")
     _, other = create_key(keys, tenant="other", name="dev")
@@ -72,7 +75,7 @@ def test_a_tenants_adapter_from_accepted_suggestions_to_its_completions(
     # Suggestions made and accepted through the gateway, by both tenants.
     for i in range(30):
         entity = ENTITIES[i % len(ENTITIES)]
-        for secret in (house, other):
+        for secret in (house, other) if i < 5 else (house,):
             made = post(stack, secret, "/v1/code/completions", {
                 "prefix": f"def fetch_{entity}({entity}_id):\n    ", "suffix": "\n",
                 "language": "python", "path": f"svc/{entity}_{i}.py", "max_tokens": 8,
@@ -85,16 +88,16 @@ def test_a_tenants_adapter_from_accepted_suggestions_to_its_completions(
     assert store.tenants() == ["house"] and store.count("house") == 30  # only the opted-in one
 
     # The fine-tune, a Ray Train job on the stack's own cluster.
-    trained = cli(stack, "train", "--tenant", "house", "--name", "house-v1", "--steps", "40",
+    trained = cli(stack, "train", "--tenant", "house", "--name", "house-v1", "--steps", "20",
                   "--cpus-per-worker", "1")  # fmt: skip
     assert trained.returncode in (0, 3), trained.stdout[-3000:] + trained.stderr[-3000:]
     output = stack.home / "adapters" / "house" / "house-v1"
     record = json.loads((output / "run.json").read_text())
     assert record["examples"]["train"] + record["examples"]["held_out"] == 30
-    assert record["steps"] == 40 and len(record["losses"]) == 40
+    assert record["steps"] == 20 and len(record["losses"]) == 20
     assert (output / "loss.png").stat().st_size > 1000
-    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["step-00040"]
-    assert "[train] step 40/40" in trained.stdout + trained.stderr  # progress shown
+    assert sorted(p.name for p in (output / "checkpoints").iterdir()) == ["step-00020"]
+    assert "[train] step 20/20" in trained.stdout + trained.stderr  # progress shown
     scores = record["evaluation"]["scores"]
     better = (
         scores["house-v1"]["edit_similarity"] > scores["base"]["edit_similarity"]
@@ -107,7 +110,11 @@ def test_a_tenants_adapter_from_accepted_suggestions_to_its_completions(
         added = cli(stack, "add", "house-v1", "--base", TINY_MODEL, "--path",
                     str(output / "adapter"), "--tenant", "house", "--default")  # fmt: skip
         assert added.returncode == 0, added.stderr
-    assert load_keys_file(keys).tenants["house"].adapter == "house-v1"
+    # Published (or set by `--default`) as the tenant's adapter in the registry.
+    assert load_registry(stack.home / "adapters" / "registry.yaml").defaults == {
+        "house": "house-v1"
+    }
+    assert load_keys_file(keys).tenants["house"].adapter is None  # no pin needed
 
     # That tenant's completions now come from its adapter, on one replica.
     def served(secret: str, model: str = TINY_MODEL, document: str = "a.py") -> httpx.Response:
@@ -158,7 +165,7 @@ def test_a_tenants_adapter_from_accepted_suggestions_to_its_completions(
     assert deleted.returncode == 0 and "30 examples deleted" in deleted.stdout
     assert store.count("house") == 0 and not (stack.home / "team-data" / "house").exists()
 
-    # Leave the shared stack as it was.
+    # Leave the stack as it was for test_scale_out.py.
     for name in ("house-v1", "broken"):
         remove_adapter(stack.home / "adapters" / "registry.yaml", name)
-    update_tenant(keys, "house", adapter=None, training_data=None)
+    update_tenant(keys, "house", training_data=None)
