@@ -52,6 +52,9 @@ def add_parser(commands: Any) -> None:
     train.add_argument("--workers", type=int, default=1, help="Ray Train workers.")
     train.add_argument("--gpu", action="store_true", help="One GPU per worker.")
     train.add_argument("--cpus-per-worker", type=float, default=1.0)
+    train.add_argument(
+        "--held-out", type=float, default=0.2, help="Share of accepted suggestions held out."
+    )
     train.add_argument("--no-publish", action="store_true", help="Evaluate, never publish.")
     evaluate = sub.add_parser("evaluate", help="Base vs a registered adapter, held-out data.")
     evaluate.add_argument("--tenant", required=True)
@@ -244,7 +247,10 @@ def _train(config: ServingConfig, keys_file: Path, args: argparse.Namespace) -> 
         workers=args.workers,
         use_gpu=args.gpu,
         cpus_per_worker=args.cpus_per_worker,
+        held_out_share=args.held_out,
     )
+    if not 0.0 < args.held_out < 1.0:
+        raise ConfigError("--held-out", f"{args.held_out} is not a share between 0 and 1")
     if args.repo is not None and not args.repo.is_dir():
         raise ConfigError("--repo", f"{args.repo} is not a folder")
     _join_ray(config)

@@ -53,11 +53,11 @@ MODEL = "smollm2-135m-demo"
 def start_stack(home: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
     config = {
         "gateway": {"host": "127.0.0.1", "port": port},
-        "ray": {"num_cpus": 3, "namespace": "bench-adapters"},
+        "ray": {"num_cpus": 4, "namespace": "bench-adapters"},
         "replica_groups": [
             {
                 "name": "demo",
-                "replicas": 1,
+                "replicas": 2,
                 "lora": {"enabled": True, "max_loras": 2, "max_lora_rank": 16},
                 "engine": {
                     "model": str(demo_model_dir()),
@@ -89,9 +89,10 @@ def wait_ready(base: str, process: subprocess.Popen[bytes], timeout_s: float = 9
         if process.poll() is not None:
             raise SystemExit(f"seed-serve up exited with {process.returncode}")
         try:
-            if httpx.get(base + "/ready", timeout=2).status_code == 200:
+            states = httpx.get(base + "/ready", timeout=2).json().get("replicas", {})
+            if list(states.values()).count("ready") == 2:
                 return
-        except httpx.HTTPError:
+        except (httpx.HTTPError, ValueError):
             pass
         time.sleep(2)
     raise SystemExit("the stack did not get ready")
@@ -136,13 +137,16 @@ def complete(
         headers={"Authorization": f"Bearer {key}"},
     )
     response.raise_for_status()
-    return dict(response.json())
+    return {**response.json(), "replica": response.headers.get("x-seed-serve-replica")}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.adapters")
-    parser.add_argument("--attempts", type=int, default=4, help="Samples per task to accept.")
-    parser.add_argument("--steps", type=int, default=150, help="Training steps.")
+    parser.add_argument("--attempts", type=int, default=5, help="Samples per task to accept.")
+    parser.add_argument("--held-out", type=float, default=0.3, help="Share held out to judge.")
+    parser.add_argument("--steps", type=int, default=60, help="Training steps.")
+    parser.add_argument("--batch-size", type=int, default=4, help="Training batch size.")
+    parser.add_argument("--cpus", type=float, default=2, help="CPUs of the training worker.")
     parser.add_argument("--port", type=int, default=8093)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--home", type=Path, help="The stack's home (default: a temp folder).")
@@ -155,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     files = house_files(args.seed)
     paths = sorted(files)
     rng.shuffle(paths)
-    repo_paths, work_paths, unseen_paths = paths[:12], paths[12:24], paths[24:]
+    repo_paths, work_paths, unseen_paths = paths[:10], paths[10:24], paths[24:]
     checkout = home / "house-repo"
     for path in repo_paths:
         (checkout / path).parent.mkdir(parents=True, exist_ok=True)
@@ -205,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
 
         # 3. The fine-tune as a Ray job, evaluated and published if better.
         trained = cli(home, config, "adapters", "train", "--tenant", "acme", "--name", "acme-v1",
-                      "--repo", str(checkout), "--steps", str(args.steps))  # fmt: skip
+                      "--repo", str(checkout), "--steps", str(args.steps),
+                      "--batch-size", str(args.batch_size), "--cpus-per-worker", str(args.cpus),
+                      "--held-out", str(args.held_out))  # fmt: skip
         print(trained.stdout[-4000:], trained.stderr[-2000:], flush=True)
         run_dir = home / "adapters" / "acme" / "acme-v1"
         record = json.loads((run_dir / "run.json").read_text())
@@ -215,14 +221,16 @@ def main(argv: list[str] | None = None) -> int:
         unseen = tasks_of(files, unseen_paths)
         outcome: dict[str, dict[str, Any]] = {}
         for tenant, key in (("acme", acme), ("other", other)):
-            exact, similar, models = 0, 0.0, set()
+            exact, similar, models, replicas = 0, 0.0, set(), set()
             for task in unseen:
                 answer = complete(http, key, task, context_for(task, files, rng), temperature=0)
                 line = first_line(answer["text"]).strip()
                 exact += line == task.target.strip()
                 similar += edit_similarity(line, task.target.strip())
                 models.add(answer["model"])
+                replicas.add(answer["replica"])
             outcome[tenant] = {
+                "replicas": sorted(replicas),
                 "tasks": len(unseen),
                 "exact_match": round(exact / len(unseen), 4),
                 "edit_similarity": round(similar / len(unseen), 4),
@@ -273,9 +281,10 @@ def markdown(result: dict[str, Any]) -> str:
     rows = [[who, s["exact_match"], s["edit_similarity"]] for who, s in scores.items()]
     nxt = result["next_completions"]
     rows2 = [
-        [tenant, ", ".join(o["models"]), o["tasks"], o["exact_match"], o["edit_similarity"]]
+        [tenant, ", ".join(o["models"]), ", ".join(o["replicas"]), o["tasks"], o["exact_match"],
+         o["edit_similarity"]]
         for tenant, o in nxt.items()
-    ]
+    ]  # fmt: skip
     c, t = result["collection"], result["training"]
     return (
         f"House codebase: {result['house']['files']} files; {c['tasks']} tasks worked on, "
@@ -285,7 +294,10 @@ def markdown(result: dict[str, Any]) -> str:
         + md_table(["model", "exact match", "edit similarity"], rows)
         + f"\nDecision: {result['decision']}\n\n"
         "Next completions on unseen files, through the gateway (greedy):\n\n"
-        + md_table(["tenant", "answered by", "tasks", "exact first line", "edit similarity"], rows2)
+        + md_table(
+            ["tenant", "answered by", "replicas", "tasks", "exact first line", "edit similarity"],
+            rows2,
+        )
     )
 
 
