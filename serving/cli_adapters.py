@@ -280,7 +280,7 @@ def _train(config: ServingConfig, keys_file: Path, args: argparse.Namespace) -> 
 def _evaluate(config: ServingConfig, registry: Path, args: argparse.Namespace) -> int:
     from serving.adapters import load_registry, update_adapter
     from serving.fim_templates import fim_template
-    from serving.training.evaluate import evaluate
+    from serving.training.evaluate import evaluate, flat_scores
     from serving.training.examples import render
     from serving.training.job import TrainingParams, gather_examples, lora_group
 
@@ -315,10 +315,5 @@ def _evaluate(config: ServingConfig, registry: Path, args: argparse.Namespace) -
         print(
             f"{who:28}  exact match {s['exact_match']:.3f}  edit similarity {s['edit_similarity']:.3f}"
         )
-    flat = {
-        f"{who}_{metric}": value
-        for who, key in (("base", "base"), ("adapter", record.name))
-        for metric, value in scores[key].items()
-    }
-    update_adapter(registry, record.name, scores=flat)
+    update_adapter(registry, record.name, scores=flat_scores(scores, record.name))
     return 0

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.common.stats import percentile
+from serving.training.evaluate import levenshtein
 
 METRICS = ("exact_match", "edit_similarity", "identifier_match")
 ARMS = ("without", "with")
@@ -29,21 +30,6 @@ _TIE = 1e-9
 
 def first_line(text: str) -> str:
     return text.split("\n", 1)[0].rstrip()
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Insertions, deletions and substitutions turning ``a`` into ``b``."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, char_a in enumerate(a, 1):
-        current = [i]
-        for j, char_b in enumerate(b, 1):
-            current.append(
-                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b))
-            )
-        previous = current
-    return previous[-1]
 
 
 def exact_match(completion: str, target: str) -> bool:

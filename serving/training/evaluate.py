@@ -7,12 +7,10 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def edit_similarity(a: str, b: str) -> float:
-    """1 - Levenshtein distance / the longer length (1.0: identical)."""
-    if a == b:
-        return 1.0
-    if not a or not b:
-        return 0.0
+def levenshtein(a: str, b: str) -> int:
+    """Insertions, deletions and substitutions turning ``a`` into ``b``."""
+    if len(a) < len(b):
+        a, b = b, a
     previous = list(range(len(b) + 1))
     for i, char_a in enumerate(a, 1):
         current = [i]
@@ -21,7 +19,25 @@ def edit_similarity(a: str, b: str) -> float:
                 min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b))
             )
         previous = current
-    return 1.0 - previous[-1] / max(len(a), len(b))
+    return previous[-1]
+
+
+def edit_similarity(a: str, b: str) -> float:
+    """1 - Levenshtein distance / the longer length (1.0: identical)."""
+    if a == b:
+        return 1.0
+    if not a or not b:
+        return 0.0
+    return 1.0 - levenshtein(a, b) / max(len(a), len(b))
+
+
+def flat_scores(scores: dict[str, dict[str, float]], adapter: str) -> dict[str, float]:
+    """Base and adapter scores as the registry keeps them (base_exact_match, ...)."""
+    return {
+        f"{who}_{metric}": value
+        for who, key in (("base", "base"), ("adapter", adapter))
+        for metric, value in scores[key].items()
+    }
 
 
 def as_suggestion(generated: str, target: str, stops: Sequence[str] = ()) -> str:

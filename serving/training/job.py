@@ -34,6 +34,7 @@ from serving.adapters import (
 from serving.config import ReplicaGroupConfig, ServingConfig
 from serving.errors import ConfigError
 from serving.fim_templates import fim_template
+from serving.training.evaluate import flat_scores
 from serving.training.examples import FimExample, from_repository, from_team_data, render, split
 
 MIN_HELD_OUT = 3
@@ -267,11 +268,7 @@ def _publish(
     config: ServingConfig, record: RunRecord, adapter_dir: Path, group: ReplicaGroupConfig
 ) -> None:
     scores = record.evaluation["scores"]
-    flat = {
-        f"{who}_{metric}": value
-        for who, key in (("base", "base"), ("adapter", record.adapter))
-        for metric, value in scores[key].items()
-    }
+    flat = flat_scores(scores, record.adapter)
     try:
         add_adapter(
             Path(config.adapters.registry_file),
