@@ -113,7 +113,11 @@ def first_line(text: str) -> str:
     return text.split("\n", 1)[0].rstrip()
 
 
-def context_for(task: Task, files: dict[str, Any], rng: random.Random) -> list[dict[str, str]]:
+def context_for(
+    task: Task, files: dict[str, Any], rng: random.Random, kind: str = "siblings"
+) -> list[dict[str, str]]:
+    if kind == "none":
+        return []
     siblings = [p for p in files if p != task.path and p.split("/")[1] == task.path.split("/")[1]]
     chosen = rng.sample(siblings, k=min(2, len(siblings)))
     return [{"path": p, "text": files[p][0]} for p in chosen]
@@ -150,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8093)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--home", type=Path, help="The stack's home (default: a temp folder).")
+    parser.add_argument(
+        "--context",
+        choices=["siblings", "none"],
+        default="siblings",
+        help="What the IDE sends besides the current file: two sibling files of the same "
+        "package as repository context, or nothing.",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     home = args.home or Path(tempfile.mkdtemp(prefix="seed-serve-adapters-"))
@@ -185,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         progress = Progress(len(work), "tasks")
         accepted = dismissed = 0
         for done, task in enumerate(work, 1):
-            context = context_for(task, files, rng)
+            context = context_for(task, files, rng, args.context)
             for attempt in range(args.attempts):
                 answer = complete(http, acme, task, context, temperature=0.8, seed=attempt)
                 right = first_line(answer["text"]).strip() == task.target.strip()
@@ -223,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         for tenant, key in (("acme", acme), ("other", other)):
             exact, similar, models, replicas = 0, 0.0, set(), set()
             for task in unseen:
-                answer = complete(http, key, task, context_for(task, files, rng), temperature=0)
+                context = context_for(task, files, rng, args.context)
+                answer = complete(http, key, task, context, temperature=0)
                 line = first_line(answer["text"]).strip()
                 exact += line == task.target.strip()
                 similar += edit_similarity(line, task.target.strip())
@@ -246,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "house": {"files": len(files), "repository": len(repo_paths), "worked_on": len(work_paths),
                   "unseen": len(unseen_paths)},
         "collection": {"tasks": len(work), "accepted": accepted, "dismissed": dismissed,
-                       "attempts_per_task": args.attempts},
+                       "attempts_per_task": args.attempts, "context": args.context},
         "training": {k: record[k] for k in ("examples", "steps", "train_seconds", "params")},
         "losses": record["losses"],
         "held_out_scores": scores,
@@ -281,21 +293,22 @@ def markdown(result: dict[str, Any]) -> str:
     rows = [[who, s["exact_match"], s["edit_similarity"]] for who, s in scores.items()]
     nxt = result["next_completions"]
     rows2 = [
-        [tenant, ", ".join(o["models"]), ", ".join(o["replicas"]), o["tasks"], o["exact_match"],
-         o["edit_similarity"]]
+        [tenant, result["engine_models"][tenant], ", ".join(o["replicas"]), o["tasks"],
+         o["exact_match"], o["edit_similarity"]]
         for tenant, o in nxt.items()
     ]  # fmt: skip
     c, t = result["collection"], result["training"]
     return (
         f"House codebase: {result['house']['files']} files; {c['tasks']} tasks worked on, "
-        f"{c['accepted']} suggestions accepted, {c['dismissed']} dismissed.\n\n"
+        f"{c['accepted']} suggestions accepted, {c['dismissed']} dismissed (repository context "
+        f"sent by the IDE: {c['context']}).\n\n"
         f"Training: {t['examples']} examples, {t['steps']} steps in {t['train_seconds']} s.\n\n"
         "Held-out accepted suggestions (the training job's evaluation):\n\n"
         + md_table(["model", "exact match", "edit similarity"], rows)
         + f"\nDecision: {result['decision']}\n\n"
         "Next completions on unseen files, through the gateway (greedy):\n\n"
         + md_table(
-            ["tenant", "answered by", "replicas", "tasks", "exact first line", "edit similarity"],
+            ["tenant", "served by", "replicas", "tasks", "exact first line", "edit similarity"],
             rows2,
         )
     )

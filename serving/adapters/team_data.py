@@ -41,6 +41,9 @@ class TrainingExample:
     shown: str  # the suggestion as the IDE showed it
     accepted_chars: int  # how much of it the developer kept
     context: str = ""  # other files of the repository, as the model saw them
+    # Indentation typed before the cursor but held back from the prompt (the
+    # model wrote it, then the gateway dropped it): part of what it must write.
+    healed: str = ""
 
     @property
     def accepted(self) -> str:

@@ -170,6 +170,7 @@ class SuggestionEvents:
             prefix=str(completion.example.get("prefix", "")),
             suffix=str(completion.example.get("suffix", "")),
             context=str(completion.example.get("context", "")),
+            healed=str(completion.example.get("healed", "")),
             shown=shown,
             accepted_chars=min(accepted, len(shown)),
         )

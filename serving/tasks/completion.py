@@ -66,6 +66,9 @@ class PreparedCompletion:
             "suffix": self.seen_suffix,
             "context": self.seen_context,
             "path": self.path,
+            # The indentation held back from the prompt: the model writes it
+            # before the suggestion (so must a model trained on the example).
+            "healed": self.healed,
         }
 
 

@@ -36,16 +36,17 @@ class FimExample:
 
 
 def from_team_data(examples: Iterable[TrainingExample]) -> list[FimExample]:
-    """Accepted suggestions: the kept part of the suggestion is the target."""
+    """Accepted suggestions: the kept part of the suggestion is the target,
+    after the indentation the gateway held back from the prompt (the model
+    writes that first, as at serving time)."""
     found = []
     for example in examples:
-        middle = example.accepted
-        if middle.strip():
+        if example.accepted.strip():
             found.append(
                 FimExample(
                     prefix=example.prefix,
                     suffix=example.suffix,
-                    middle=middle,
+                    middle=example.healed + example.accepted,
                     context=example.context,
                     key=example.completion_id,
                 )

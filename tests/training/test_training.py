@@ -16,16 +16,19 @@ from serving.training.lora import IGNORE, encode
 
 
 def kept(text: str, chars: int, i: int = 0) -> TrainingExample:
+    # The cursor after "    " on a new line: the gateway sent the prefix up to
+    # the newline (healing) and dropped the model's own copy of the indentation.
     return TrainingExample(
         completion_id=f"c{i}", time="t", tenant="t", model="m", adapter=None, language="python",
-        path="a.py", prefix="def f():\n    ", suffix="\n", shown=text, accepted_chars=chars,
-        context="# b.py\nx = 1\n",
+        path="a.py", prefix="def f():\n", suffix="\n", shown=text, accepted_chars=chars,
+        context="# b.py\nx = 1\n", healed="    ",
     )  # fmt: skip
 
 
 def test_accepted_text_is_the_target_in_the_models_own_prompt_format() -> None:
     [example] = from_team_data([kept("return 1\nprint()", 8), kept("   ", 3, 1)])
-    assert example.middle == "return 1" and example.context == "# b.py\nx = 1\n"
+    # The target is what the model writes after the prompt: indentation first.
+    assert example.middle == "    return 1" and example.context == "# b.py\nx = 1\n"
     seed_coder = fim_template("seed-coder")
     assert seed_coder is not None
     assert render(example, seed_coder) == example.context + seed_coder.render(
