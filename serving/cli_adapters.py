@@ -116,19 +116,15 @@ def _list(config: ServingConfig, keys_file: Path, tenant: str | None) -> int:
 
 
 def _max_rank(config: ServingConfig, base: str) -> int | None:
-    ranks = [
-        g.lora.max_lora_rank
-        for g in config.replica_groups
-        if g.lora.enabled and g.engine.served_model_name == base
-    ]
-    if not ranks:
+    rank = config.max_lora_rank(base)
+    if rank is None:
         print(
             f"warning: no replica group serves `{base}` with adapters (lora.enabled); "
             "the adapter is registered but cannot be served until one does",
             file=sys.stderr,
         )
         return None
-    return max(ranks)
+    return rank
 
 
 def _add(config: ServingConfig, keys_file: Path, args: argparse.Namespace) -> int:

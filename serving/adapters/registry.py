@@ -72,8 +72,6 @@ class AdapterFolder:
 
     path: Path  # resolved
     rank: int
-    base_model_name_or_path: str
-    target_modules: tuple[str, ...]
 
 
 def _inside(path: Path, roots: list[str]) -> bool:
@@ -120,13 +118,7 @@ def check_adapter_folder(
             f"adapter rank {rank} is above the engines' max_lora_rank {max_rank} "
             "(replica_groups[].lora.max_lora_rank)"
         )
-    modules = config.get("target_modules") or ()
-    return AdapterFolder(
-        path=real,
-        rank=rank,
-        base_model_name_or_path=str(config.get("base_model_name_or_path") or ""),
-        target_modules=tuple(modules) if isinstance(modules, list) else (str(modules),),
-    )
+    return AdapterFolder(path=real, rank=rank)
 
 
 def load_registry(path: Path) -> AdapterRegistryFile:

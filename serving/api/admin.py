@@ -79,12 +79,8 @@ class AdminServing:
 
     async def add_adapter(self, request: AdapterAddRequest, ctx: RequestContext) -> BodyAnswer:
         """Register an adapter folder (checked: under adapters.roots, a LoRA, its rank)."""
-        ranks = [
-            g.lora.max_lora_rank
-            for g in self.config.replica_groups
-            if g.lora.enabled and g.engine.served_model_name == request.base_model
-        ]
-        if not ranks:
+        max_rank = self.config.max_lora_rank(request.base_model)
+        if max_rank is None:
             raise BadRequestError(
                 f"No replica group serves `{request.base_model}` with adapters "
                 "(replica_groups[].lora.enabled).",
@@ -99,7 +95,7 @@ class AdminServing:
                 path=request.path,
                 tenant=request.tenant,
                 roots=self.config.adapters.roots,
-                max_rank=max(ranks),
+                max_rank=max_rank,
                 description=request.description,
             )
         except AdapterRefused as exc:

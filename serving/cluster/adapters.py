@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from serving.adapters import AdapterRefused, check_adapter_folder
 from serving.config import LoraConfig
+from serving.engine_link.replica_info import adapter_load_failed
 
 logger = logging.getLogger("seed_serve.replica.adapters")
 
@@ -146,6 +147,8 @@ def _answer(
     load_s: float = 0.0,
     message: str = "",
 ) -> dict[str, Any]:
+    if status == "failed":
+        return adapter_load_failed(message, evicted)
     return {"status": status, "evicted": evicted or [], "load_s": load_s, "message": message}
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from serving.cluster.placement import PlacementPlan, placement_plan, unplaceable_message
 from serving.cluster.replica import ReplicaActor
 from serving.config import ReplicaGroupConfig, ServingConfig
-from serving.engine_link.replica_info import ReplicaInfo, ReplicaState
+from serving.engine_link.replica_info import ReplicaInfo, ReplicaState, adapter_load_failed
 
 logger = logging.getLogger("seed_serve.controller")
 
@@ -326,12 +326,7 @@ class ReplicaController:
         """Make a team adapter resident on one replica (the gateway chose it)."""
         slot = self.slots.get(replica_id)
         if slot is None or slot.handle is None or not slot.info.ready or slot.draining:
-            return {
-                "status": "failed",
-                "evicted": [],
-                "load_s": 0.0,
-                "message": f"replica {replica_id} is not serving",
-            }
+            return adapter_load_failed(f"replica {replica_id} is not serving")
         result = dict(await slot.handle.ensure_adapter.remote(name, path))
         if result["status"] == "loaded":  # gateways see it with the next replica list
             slot.info.adapters = [

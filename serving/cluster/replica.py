@@ -42,7 +42,7 @@ from serving.cluster.engine_process import (
 from serving.config import HealthConfig, ReplicaGroupConfig
 from serving.engine_link.engine_metrics import EngineLoad, parse_engine_metrics
 from serving.engine_link.http import EngineConnectionPool, EngineHTTPError
-from serving.engine_link.replica_info import ReplicaInfo, ReplicaState
+from serving.engine_link.replica_info import ReplicaInfo, ReplicaState, adapter_load_failed
 from serving.fim_templates import fim_template
 from serving.paths import logs_dir
 from serving.tokens import TokenCounter
@@ -329,12 +329,7 @@ class ReplicaActor:
     async def ensure_adapter(self, name: str, path: str) -> dict[str, Any]:
         """Make a team adapter resident in the engine (see ``ResidentAdapters``)."""
         if self.state is not ReplicaState.READY:
-            return {
-                "status": "failed",
-                "evicted": [],
-                "load_s": 0.0,
-                "message": f"replica {self.replica_id} is {self.state.value}",
-            }
+            return adapter_load_failed(f"replica {self.replica_id} is {self.state.value}")
         return await self.adapters.ensure(name, path)
 
     async def unload_adapter(self, name: str) -> bool:

@@ -68,6 +68,16 @@ class ServingConfig(Strict):
             raise ValueError("at least one replica is needed")
         return groups
 
+    def max_lora_rank(self, model: str) -> int | None:
+        """The largest adapter rank the engines serving ``model`` take (None: no
+        group serves it with LoRA)."""
+        ranks = [
+            g.lora.max_lora_rank
+            for g in self.replica_groups
+            if g.lora.enabled and g.engine.served_model_name == model
+        ]
+        return max(ranks) if ranks else None
+
     def models(self) -> list[str]:
         """Served model names, in config order, without repeats."""
         return list(dict.fromkeys(g.engine.served_model_name for g in self.replica_groups))

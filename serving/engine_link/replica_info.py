@@ -24,6 +24,11 @@ ENGINE_UP_STATES = frozenset(
 )
 
 
+def adapter_load_failed(message: str, evicted: list[str] | None = None) -> dict[str, Any]:
+    """A replica's answer to "make this adapter resident" that failed."""
+    return {"status": "failed", "evicted": evicted or [], "load_s": 0.0, "message": message}
+
+
 @dataclass
 class ReplicaInfo:
     """One replica as the gateway sees it. ``token`` is the engine's secret.

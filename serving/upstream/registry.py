@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from serving.background import Periodic
-from serving.engine_link.replica_info import ReplicaInfo
+from serving.engine_link.replica_info import ReplicaInfo, adapter_load_failed
 from serving.tokens import TokenCounter
 
 logger = logging.getLogger("seed_serve.registry")
@@ -122,7 +122,7 @@ class StaticSource:
 
     async def ensure_adapter(self, replica_id: str, name: str, path: str) -> dict[str, Any]:
         message = "this gateway has no Ray controller to load adapters"
-        return {"status": "failed", "evicted": [], "load_s": 0.0, "message": message}
+        return adapter_load_failed(message)
 
     async def unload_adapter(self, name: str) -> list[str]:
         return []
