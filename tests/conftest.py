@@ -9,6 +9,7 @@ import pytest
 
 from serving.paths import seed_serve_home
 from serving.tiny_model import build_tiny_model
+from tests.support.k8s_cluster import K8sCluster
 from tests.support.stack import (
     TINY_STACK_ARGS,
     TINY_STACK_ENV,
@@ -21,11 +22,13 @@ E2E = Path(__file__).parent / "e2e"
 TINY = E2E / "tiny"
 DEMO = E2E / "demo"
 SCALE_OUT = E2E / "test_scale_out.py"
+K8S = E2E / "k8s"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Unit tests first; then the end-to-end tests: tiny/ (its stack starts
-    with the session, see ``early_tiny_stack``), demo/ (the scale-out stack
+    with the session, see ``early_tiny_stack``; k8s/'s cluster starts while
+    it runs, see ``early_k8s_cluster``), demo/ (the scale-out stack
     starts while it runs, see ``early_scale_out_stack``), test_scale_out.py,
     and the tests that start stacks of their own. pytest's order is kept
     within each."""
@@ -98,3 +101,22 @@ def early_scale_out_stack(
     finally:
         stack.stop()
         stack.kill_tree()
+
+
+@pytest.fixture(scope="session")
+def early_k8s_cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[K8sCluster | None]:
+    """tests/e2e/k8s's Ray head and gateway, started (not waited for) when
+    first asked: by tiny/ once its stack is ready, so that the cluster's
+    start-up (~60 s) runs on the core tiny/'s tests leave mostly idle
+    (measured: 50-60% CPU while they run), or by k8s/ itself. Its engine
+    then idles (no CPU) until k8s/ runs, which stops it; this only cleans up."""
+    if not any(K8S in Path(item.path).parents for item in request.session.items):
+        yield None
+        return
+    cluster = K8sCluster(request.getfixturevalue("tiny_model_dir"), tmp_path_factory.mktemp("k8s"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -27,7 +27,7 @@ import yaml
 from serving.adapters import TeamDataStore, load_registry
 from serving.admission.keys import create_key, load_keys_file, update_tenant
 from serving.cli import main as seed_serve
-from tests.e2e.k8s.conftest import RayHead
+from tests.support.k8s_cluster import RayHead
 from tests.support.stack import ROOT, TINY_MODEL, SeedServeProcess
 
 ENTITIES = ("user", "order", "invoice", "account", "payment", "refund")

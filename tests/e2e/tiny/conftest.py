@@ -14,13 +14,17 @@ from tests.support.stack import SeedServeProcess
 
 
 @pytest.fixture(scope="package")
-def tiny_stack(early_tiny_stack: SeedServeProcess | None) -> Iterator[SeedServeProcess]:
+def tiny_stack(
+    request: pytest.FixtureRequest, early_tiny_stack: SeedServeProcess | None
+) -> Iterator[SeedServeProcess]:
     """`seed-serve up` with two tiny replicas on real local Ray, over real HTTP
     (started with the session: tests/conftest.py)."""
     assert early_tiny_stack is not None, "tests/conftest.py starts it when tiny/ runs"
     stack = early_tiny_stack
     try:
         stack.wait_ready(replicas=2)
+        # k8s/'s cluster boots on the other core while this folder runs.
+        request.getfixturevalue("early_k8s_cluster")
         yield stack
     finally:
         code = stack.stop()
