@@ -29,7 +29,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from benchmarks.adapters.house import Task, house_files, tasks_of
 from benchmarks.common import Progress
 from benchmarks.common.report import md_table, publish, save_figure
+from benchmarks.common.stack import BenchStack
 from serving.paths import demo_model_dir
 from serving.training.evaluate import edit_similarity
 
@@ -50,8 +49,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL = "smollm2-135m-demo"
 
 
-def start_stack(home: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
-    config = {
+def stack_config(port: int) -> dict[str, Any]:
+    return {
         "gateway": {"host": "127.0.0.1", "port": port},
         "ray": {"num_cpus": 4, "namespace": "bench-adapters"},
         "replica_groups": [
@@ -69,33 +68,6 @@ def start_stack(home: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
             }
         ],
     }
-    path = home / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = open(home / "up.log", "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving", "up", "--config", str(path)],
-        cwd=ROOT,
-        env={**os.environ, "SEED_SERVE_HOME": str(home)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return process, path
-
-
-def wait_ready(base: str, process: subprocess.Popen[bytes], timeout_s: float = 900) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"seed-serve up exited with {process.returncode}")
-        try:
-            states = httpx.get(base + "/ready", timeout=2).json().get("replicas", {})
-            if list(states.values()).count("ready") == 2:
-                return
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(2)
-    raise SystemExit("the stack did not get ready")
 
 
 def cli(home: Path, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -177,11 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         (checkout / path).write_text(files[path][0])
 
     print(f"starting the demo stack with LoRA in {home} ...", flush=True)
-    process, config = start_stack(home, args.port)
-    began = time.monotonic()
+    stack = BenchStack(home, stack_config(args.port))
+    config = stack.config_path
     try:
-        wait_ready(base, process)
-        print(f"ready after {time.monotonic() - began:.0f}s", flush=True)
+        print(f"ready after {stack.wait_ready(replicas=2):.0f}s", flush=True)
         from serving.admission.keys import create_key, update_tenant
 
         keys = home / "keys.yaml"
@@ -250,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         engine_models = _engine_answers(http, acme, other, unseen[0])
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=120)
+        stack.stop()
 
     scores = record["evaluation"]["scores"]
     result = {

@@ -14,13 +14,13 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from serving.admission.scheduler import AdmissionScheduler, Lease, Superseded, Ticket
-from serving.config import AdmissionConfig, TimeoutsConfig
+from serving.config import IGNORED_BY_SPECULATION, AdmissionConfig, TimeoutsConfig
 from serving.engine_link.replica_info import ReplicaInfo
-from serving.errors import APIError, UpstreamError, api_error_for_status
+from serving.errors import APIError, BadRequestError, UpstreamError, api_error_for_status
 from serving.observability.metrics import GatewayMetrics
 from serving.request_context import RequestContext
 from serving.upstream.adapters import AdapterPlacement
@@ -101,17 +101,44 @@ class Dispatcher:
         self.affinity_chars = affinity_chars
         self.placement = placement or AdapterPlacement()
 
-    def route_for(self, model: str, ctx: RequestContext | None) -> RouteRequest:
+    def route_for(
+        self, model: str, ctx: RequestContext | None, payload: dict[str, Any] | None = None
+    ) -> RouteRequest:
+        exact = _sampling_speculation_ignores(payload or {})
         if ctx is None:
-            return RouteRequest(model)
+            return RouteRequest(model, needs_exact_sampling=exact)
         affinity = ctx.document
         if affinity is None and ctx.affinity_text:
             affinity = ctx.affinity_text[: self.affinity_chars]
         elif affinity is not None and ctx.key_id:
             affinity = f"{ctx.key_id}:{affinity}"  # one developer's file
         return RouteRequest(
-            model, affinity=affinity, session=ctx.session or ctx.key_id, adapter=ctx.adapter
+            model,
+            affinity=affinity,
+            session=ctx.session or ctx.key_id,
+            adapter=ctx.adapter,
+            lane=ctx.lane,
+            needs_exact_sampling=exact,
         )
+
+    def _check_sampling(self, route: RouteRequest) -> None:
+        """A request whose sampling speculative decoding would ignore, for a
+        model whose every replica (of its lane) decodes speculatively: a clear
+        400, not silently different sampling."""
+        field = route.needs_exact_sampling
+        if field is None:
+            return
+        lane = replace(route, needs_exact_sampling=None)
+        serving = [r for r in self.registry.ready(route.model) if lane.admits(r)]
+        if serving and not any(route.admits(r) for r in serving):
+            methods = ", ".join(sorted({f"{r.group} ({r.speculative})" for r in serving}))
+            raise BadRequestError(
+                f"`{field}` is ignored by speculative decoding, which every replica of model "
+                f"`{route.model}` uses for this request (replica groups {methods}); leave "
+                f"`{field}` out, or ask for a replica group without speculative decoding.",
+                param=field,
+                code="unsupported_with_speculative_decoding",
+            )
 
     async def open(
         self,
@@ -131,12 +158,15 @@ class Dispatcher:
         payload["priority"] = self.config.lane_priority.get(lane, 0)
         body = json.dumps(payload, separators=(",", ":")).encode()
         key = (ctx.key_id or ctx.client_ip) if ctx else "internal"
-        route = self.route_for(model, ctx)
+        route = self.route_for(model, ctx, payload)
+        self._check_sampling(route)
         excluded: set[str] = set()
         last_error: Exception | None = None
         for attempt in range(self.timeouts.retries + 1):
             if attempt and not [
-                r for r in self.registry.ready(model) if r.replica_id not in excluded
+                r
+                for r in self.registry.ready(model)
+                if r.replica_id not in excluded and route.admits(r)
             ]:
                 break
             ticket = Ticket(
@@ -282,3 +312,9 @@ def upstream_error(status: int, raw: bytes, replica: ReplicaInfo) -> APIError:
         return UpstreamError(f"Engine error: {message}", code="engine_error")
     cls = api_error_for_status(status)
     return cls(message, param=param)
+
+
+def _sampling_speculation_ignores(payload: dict[str, Any]) -> str | None:
+    """The first field of ``payload`` that speculative decoding would ignore
+    (with a value that changes sampling: min_p > 0, a non-empty logit_bias)."""
+    return next((field for field in IGNORED_BY_SPECULATION if payload.get(field)), None)

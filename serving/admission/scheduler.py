@@ -170,13 +170,28 @@ class AdmissionScheduler:
 
     # ------------------------------------------------------------------ queueing
 
-    def _free_replicas(self, model: str, exclude: frozenset[str]) -> list[ReplicaInfo]:
+    def _candidates(self, ticket: Ticket) -> list[ReplicaInfo]:
+        """The model's ready replicas this ticket may go to (not excluded by a
+        retry, serving its lane, decoding as it needs)."""
+        route = ticket.route
         return [
             r
-            for r in self.registry.ready(model)
-            if r.replica_id not in exclude
-            and self.inflight(r.replica_id) < self.target(r.replica_id)
+            for r in self.registry.ready(ticket.model)
+            if r.replica_id not in ticket.exclude and (route is None or route.admits(r))
         ]
+
+    def _free_replicas(self, ticket: Ticket) -> list[ReplicaInfo]:
+        return [
+            r
+            for r in self._candidates(ticket)
+            if self.inflight(r.replica_id) < self.target(r.replica_id)
+        ]
+
+    def _any_free(self, model: str) -> bool:
+        return any(
+            self.inflight(r.replica_id) < self.target(r.replica_id)
+            for r in self.registry.ready(model)
+        )
 
     def _push(self, ticket: Ticket) -> None:
         lane_key = (ticket.model, ticket.lane)
@@ -208,16 +223,23 @@ class AdmissionScheduler:
         # Adapter requests no free replica can take yet wait aside (for an
         # adapter slot), without holding up the requests behind them.
         deferred: list[tuple[str, tuple[float, int, Ticket]]] = []
+        # A lane whose head no free replica may serve waits in order; lower
+        # lanes may then take free replicas that head could not use anyway
+        # (groups serving some lanes only, a retry's excluded replica).
+        blocked: set[str] = set()
         try:
             while True:
-                lane = next((lane for lane in LANES if lanes[lane]), None)
+                lane = next((ln for ln in LANES if lanes[ln] and ln not in blocked), None)
                 if lane is None:
                     return
                 heap = lanes[lane]
                 ticket = heap[0][2]
-                free = self._free_replicas(model, ticket.exclude)
+                free = self._free_replicas(ticket)
                 if not free:
-                    return  # lower lanes must not overtake the head of a higher one
+                    blocked.add(lane)
+                    if self._any_free(model):
+                        continue
+                    return  # nothing free at all: nobody overtakes anybody
                 adapter = ticket.route.adapter if ticket.route is not None else None
                 if adapter is not None and self.placement is not None:
                     free = [r for r in free if self.placement.can_host(r, adapter)]
@@ -228,11 +250,8 @@ class AdmissionScheduler:
                 self._queued -= 1
                 self.metrics.labelled(self.metrics.queue_depth, ticket.lane).dec()
                 self._lane_clock[(model, ticket.lane)] = ticket.virtual_finish
-                ready = [
-                    r for r in self.registry.ready(model) if r.replica_id not in ticket.exclude
-                ]
                 route = ticket.route or RouteRequest(model)
-                replica = self.router.pick(route, free, ready, self.load)
+                replica = self.router.pick(route, free, self._candidates(ticket), self.load)
                 ticket.replica = replica
                 ticket.dispatched = time.monotonic()
                 self._inflight[replica.replica_id].add(ticket)
@@ -263,15 +282,14 @@ class AdmissionScheduler:
         """Wait for a replica slot (503 when the queue is full or the wait too long)."""
         if self.config.supersede and ticket.lane == "completion":
             self._supersede(ticket)
-        if not self.registry.ready(ticket.model):
+        if not self._candidates(ticket):
+            lane = f" for the {ticket.lane} lane" if self.registry.ready(ticket.model) else ""
             raise ServiceUnavailableError(
-                f"No replica of model `{ticket.model}` is ready yet; retry shortly.",
+                f"No replica of model `{ticket.model}`{lane} is ready yet; retry shortly.",
                 code="no_ready_replica",
                 headers={"Retry-After": "2"},
             )
-        if self._queued >= self.config.max_queue and not self._free_replicas(
-            ticket.model, ticket.exclude
-        ):
+        if self._queued >= self.config.max_queue and not self._free_replicas(ticket):
             self.metrics.rejections.labels(reason="backpressure").inc()
             raise ServiceUnavailableError(
                 "The server is at capacity (admission queue full); retry shortly.",

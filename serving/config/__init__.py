@@ -38,9 +38,11 @@ from serving.config._scaling import (
     SessionRouting,
     TimeoutsConfig,
 )
+from serving.config._speculative import IGNORED_BY_SPECULATION, SpeculativeConfig
 
 __all__ = [
     "ENV_PREFIX",
+    "IGNORED_BY_SPECULATION",
     "LANES",
     "LORA_RANKS",
     "MANAGED_ENGINE_ARGS",
@@ -65,6 +67,7 @@ __all__ = [
     "SandboxConfig",
     "ServingConfig",
     "SessionRouting",
+    "SpeculativeConfig",
     "TasksConfig",
     "TelemetryConfig",
     "TimeoutsConfig",

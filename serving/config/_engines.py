@@ -10,8 +10,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from serving.config._adapters import LoraConfig
+from serving.config._admission import Lane
 from serving.config._base import MODEL_NAME_PATTERN, NAME_PATTERN, Strict
 from serving.config._scaling import AutoscalingConfig
+from serving.config._speculative import SpeculativeConfig
 from serving.fim_templates import template_names
 from serving.paths import demo_model_dir
 
@@ -44,6 +46,7 @@ MANAGED_ENGINE_ARGS = frozenset(
         "max-loras",
         "max-lora-rank",
         "max-cpu-loras",
+        "speculative-config",
     }
 )
 
@@ -241,6 +244,24 @@ class ReplicaGroupConfig(Strict):
     lora: LoraConfig = Field(
         default_factory=LoraConfig, description="Team adapters (LoRA) on this group's engines."
     )
+    speculative: SpeculativeConfig = Field(
+        default_factory=SpeculativeConfig,
+        description="Speculative decoding on this group's engines (vLLM --speculative-config).",
+    )
+    lanes: list[Lane] | None = Field(
+        default=None,
+        min_length=1,
+        description="The admission lanes (completion, repair, tests) this group serves; null: "
+        "all. E.g. repair and test generation on a group with speculative decoding, "
+        "completions on one without: groups of one model must cover every lane together.",
+    )
+
+    @field_validator("lanes")
+    @classmethod
+    def _no_repeats(cls, value: list[Lane] | None) -> list[Lane] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("a lane is named twice")
+        return value
 
 
 class RayConfig(Strict):

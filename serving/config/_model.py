@@ -5,7 +5,13 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from serving.config._adapters import AdaptersConfig
-from serving.config._admission import AdmissionConfig, AuditConfig, AuthConfig, QuotaConfig
+from serving.config._admission import (
+    LANES,
+    AdmissionConfig,
+    AuditConfig,
+    AuthConfig,
+    QuotaConfig,
+)
 from serving.config._base import Strict
 from serving.config._engines import RayConfig, ReplicaGroupConfig
 from serving.config._gateway import GatewayConfig, SandboxConfig, TasksConfig, TelemetryConfig
@@ -66,6 +72,18 @@ class ServingConfig(Strict):
             seen.add(group.name)
         if sum(group.replicas for group in groups) < 1:
             raise ValueError("at least one replica is needed")
+        served: dict[str, set[str]] = {}
+        for group in groups:
+            served.setdefault(group.engine.served_model_name, set()).update(
+                LANES if group.lanes is None else group.lanes
+            )
+        for model, lanes in served.items():
+            missing = [lane for lane in LANES if lane not in lanes]
+            if missing:
+                raise ValueError(
+                    f"no group of model {model!r} serves the lanes {', '.join(missing)} "
+                    "(replica_groups[].lanes)"
+                )
         return groups
 
     def max_lora_rank(self, model: str) -> int | None:

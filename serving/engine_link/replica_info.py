@@ -63,6 +63,10 @@ class ReplicaInfo:
     lora_min_resident_s: float = 0.0
     lora_load_bound: float = 1.5
     adapters: list[dict[str, Any]] = field(default_factory=list)
+    # The engine's speculative decoding method ("off": none), and the
+    # admission lanes its group serves (None: all).
+    speculative: str = "off"
+    lanes: list[str] | None = None
 
     @property
     def ready(self) -> bool:

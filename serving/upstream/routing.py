@@ -32,6 +32,16 @@ class RouteRequest:
     affinity: str | None = None  # document identity or prompt start
     session: str | None = None  # session header or API key
     adapter: str | None = None  # a team adapter (LoRA) the replica must hold
+    lane: str | None = None  # only replicas whose group serves this lane
+    # A sampling field the request sets that speculative decoding ignores
+    # (min_p, logit_bias): only replicas that decode without it.
+    needs_exact_sampling: str | None = None
+
+    def admits(self, replica: ReplicaInfo) -> bool:
+        """Whether ``replica`` may serve this request at all."""
+        if self.lane is not None and replica.lanes is not None and self.lane not in replica.lanes:
+            return False
+        return self.needs_exact_sampling is None or replica.speculative == "off"
 
 
 LoadFn = Callable[[ReplicaInfo], float]

@@ -69,6 +69,7 @@ def test_dashboard_is_valid_and_complete() -> None:
         "Replica health",
         "KV-cache",
         "acceptance rate",
+        "Speculative decoding",
     ):
         assert needed.lower() in titles.lower(), needed
     ids = [p["id"] for p in board["panels"]]
@@ -92,6 +93,23 @@ def test_every_queried_metric_exists(source: str) -> None:
     assert queried, "no metric queried"
     missing = queried - exported_series()
     assert not missing, f"{source} queries metrics the gateway does not export: {sorted(missing)}"
+
+
+def test_every_queried_engine_metric_is_one_vllm_exports() -> None:
+    """The engines' series (relayed at /metrics/engines) by the names the
+    installed vLLM declares them with (counters gain ``_total``)."""
+    import importlib.util
+
+    queried = {name for expr in dashboard_exprs() for name in re.findall(r"vllm:[a-z0-9_]+", expr)}
+    assert {"vllm:spec_decode_num_accepted_tokens_total", "vllm:spec_decode_num_drafts_total"} <= (
+        queried
+    )
+    spec = importlib.util.find_spec("vllm")
+    assert spec is not None and spec.submodule_search_locations
+    sources = Path(next(iter(spec.submodule_search_locations))) / "v1"
+    declared = " ".join(path.read_text() for path in sources.rglob("*metrics*.py"))
+    missing = [n for n in queried if f'"{n.removesuffix("_total")}"' not in declared]
+    assert not missing, f"the dashboard queries engine metrics vLLM does not export: {missing}"
 
 
 def test_alert_rules_parse_and_cover_the_runbook() -> None:
@@ -149,6 +167,8 @@ def test_every_label_queried_exists_on_its_metric(source: str) -> None:
     for expr in exprs:
         metrics = set(_METRIC.findall(expr))
         available = set().union(*(known[m] for m in metrics)) if metrics else set()
+        if "vllm:" in expr:
+            available.add("replica")  # the label /metrics/engines gives every engine series
         for metric, matchers in _SELECTOR.findall(expr):
             for label in _MATCHER.findall(matchers):
                 assert label in known[metric], f"{metric} has no label {label!r}: {expr}"

@@ -88,6 +88,7 @@ class ScriptedEngine:
         self.running = 0  # answers in progress (its load, as its metrics would say)
         self.extra_waiting = 0.0  # more load, as if from other gateways
         self.kv_cache_usage = 0.0
+        self.info_overrides: dict[str, Any] = {}  # e.g. its group's lanes, speculative method
         self._rng = random.Random(0)
         self._arrival: asyncio.Event | None = None
         # vLLM's runtime adapter API: loads and unloads it was asked for, and
@@ -146,6 +147,7 @@ class ScriptedEngine:
                 lora_load_bound=self.adapters.lora.load_bound,
                 adapters=self.adapters.report(),
             )
+        values.update(self.info_overrides)
         values.update(overrides)
         return ReplicaInfo(**values)
 
