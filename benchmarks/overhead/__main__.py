@@ -6,6 +6,9 @@
     # 2. requests/s one gateway process sustains on one core with p99 added
     #    latency <= 5 ms, against the instant upstream (a benchmark instrument):
     python -m benchmarks.overhead capacity
+    # 3. the same beside vLLM's production-stack router and LiteLLM's proxy
+    #    (benchmarks/overhead/peers.py):
+    python -m benchmarks.overhead peers
 
 `engine` reports added TTFT p50/p99 (ms), the throughput ratio at saturation,
 and whether streaming is re-buffered (events per response and inter-token gaps
@@ -306,6 +309,95 @@ async def open_loop(
     return latencies, errors, len(latencies) / elapsed
 
 
+async def measure_levels(
+    session: aiohttp.ClientSession,
+    direct_url: str,
+    proxy_url: str,
+    proxy_pid: int,
+    body: dict[str, Any],
+    rates: list[float],
+    args: argparse.Namespace,
+    label: str = "rates",
+) -> list[dict[str, Any]]:
+    """Each rate, directly and through the proxy, back to back: added latency,
+    errors and the proxy's CPU per request; stops after the first rate over
+    the SLO (unless ``args.all_rates``)."""
+    levels: list[dict[str, Any]] = []
+    progress = Progress(len(rates), label)
+    await open_loop(session, proxy_url, 50, 2, body)  # warm-up
+    for i, rate in enumerate(rates):
+        # Unrecorded warm-up at each level's rate: connections for its
+        # concurrency are opened here, not counted as latency.
+        await open_loop(session, direct_url, rate, _WARM_UP_S, body)
+        direct, direct_errors, direct_rate = await open_loop(
+            session, direct_url, rate, args.seconds, body
+        )
+        await open_loop(session, proxy_url, rate, _WARM_UP_S, body)
+        cpu_before = process_cpu_seconds(proxy_pid)
+        through, errors, achieved = await open_loop(session, proxy_url, rate, args.seconds, body)
+        proxy_cpu_s = process_cpu_seconds(proxy_pid) - cpu_before
+        p99_direct = percentile(direct, 99) or 0.0
+        p99_gateway = percentile(through, 99) or 0.0
+        level = {
+            "offered_rps": rate,
+            "direct_rps": round(direct_rate, 1),
+            "gateway_rps": round(achieved, 1),
+            "direct_errors": sum(direct_errors.values()),
+            "gateway_errors": sum(errors.values()),
+            "gateway_error_kinds": dict(errors),
+            "direct_ms": summarize(direct),
+            "gateway_ms": summarize(through),
+            "added_p50_ms": round(
+                ((percentile(through, 50) or 0) - (percentile(direct, 50) or 0)) * 1000, 3
+            ),
+            "added_p99_ms": round((p99_gateway - p99_direct) * 1000, 3),
+            # Less noisy than latency on a shared machine: the proxy's own CPU
+            # time per answered request at this rate.
+            "gateway_cpu_ms_per_request": round(
+                proxy_cpu_s * 1000 / max(1, len(through) + sum(errors.values())), 3
+            ),
+            # The load generator itself kept up (else the figure says nothing of the proxy).
+            "load_generator_kept_up": direct_rate >= 0.95 * rate,
+            # The direct run itself stayed within the SLO: a noisier baseline
+            # cannot resolve a few ms added (the difference of two noisy p99s
+            # can even come out negative).
+            "baseline_resolves_slo": p99_direct * 1000 <= args.slo_added_p99_ms,
+        }
+        level["within_slo"] = (
+            level["baseline_resolves_slo"]
+            and level["added_p99_ms"] <= args.slo_added_p99_ms
+            and achieved >= 0.95 * rate
+            and not errors
+        )
+        levels.append(level)
+        progress.update(i + 1, f"{rate:g} req/s: +{level['added_p99_ms']} ms p99")
+        if not level["within_slo"] and level["load_generator_kept_up"] and not args.all_rates:
+            break
+    progress.close()
+    return levels
+
+
+def level_summary(levels: list[dict[str, Any]]) -> dict[str, Any]:
+    """The highest rate within the SLO and the CPU-bound ceiling of one core."""
+    clean = [
+        lvl
+        for lvl in levels
+        if lvl["gateway_errors"] == 0
+        and lvl["gateway_cpu_ms_per_request"] > 0
+        and lvl["gateway_rps"] >= 0.95 * lvl["offered_rps"]
+    ]
+    sustained: list[float] = [float(lvl["gateway_rps"]) for lvl in levels if lvl["within_slo"]]
+    return {
+        "sustained_rps_per_core": max(sustained) if sustained else 0.0,
+        # What one core could answer if the proxy's CPU were the only limit:
+        # from its CPU time per request at the busiest rate it served cleanly.
+        "cpu_bound_rps_per_core": round(1000 / clean[-1]["gateway_cpu_ms_per_request"])
+        if clean
+        else None,
+        "limited_by_load_generator": any(not lvl["load_generator_kept_up"] for lvl in levels),
+    }
+
+
 async def capacity_run(args: argparse.Namespace) -> dict[str, Any]:
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
@@ -335,7 +427,6 @@ async def capacity_run(args: argparse.Namespace) -> dict[str, Any]:
         "--cpus",
         str(gateway_cpu),
     )
-    levels: list[dict[str, Any]] = []
     try:
         await wait_until_up(f"http://127.0.0.1:{upstream_port}/health")
         await wait_until_up(f"http://127.0.0.1:{gateway_port}/ready")
@@ -348,64 +439,10 @@ async def capacity_run(args: argparse.Namespace) -> dict[str, Any]:
         direct_url = f"http://127.0.0.1:{upstream_port}/v1/completions"
         gateway_url = f"http://127.0.0.1:{gateway_port}/v1/completions"
         rates = [float(r) for r in args.rates.split(",")]
-        progress = Progress(len(rates), "rates")
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-            await open_loop(session, gateway_url, 50, 2, body)  # warm-up
-            for i, rate in enumerate(rates):
-                # Unrecorded warm-up at each level's rate: connections for its
-                # concurrency are opened here, not counted as latency.
-                await open_loop(session, direct_url, rate, _WARM_UP_S, body)
-                direct, direct_errors, direct_rate = await open_loop(
-                    session, direct_url, rate, args.seconds, body
-                )
-                await open_loop(session, gateway_url, rate, _WARM_UP_S, body)
-                cpu_before = process_cpu_seconds(gateway.pid)
-                through, errors, achieved = await open_loop(
-                    session, gateway_url, rate, args.seconds, body
-                )
-                gateway_cpu_s = process_cpu_seconds(gateway.pid) - cpu_before
-                p99_direct = percentile(direct, 99) or 0.0
-                p99_gateway = percentile(through, 99) or 0.0
-                level = {
-                    "offered_rps": rate,
-                    "direct_rps": round(direct_rate, 1),
-                    "gateway_rps": round(achieved, 1),
-                    "direct_errors": sum(direct_errors.values()),
-                    "gateway_errors": sum(errors.values()),
-                    "gateway_error_kinds": dict(errors),
-                    "direct_ms": summarize(direct),
-                    "gateway_ms": summarize(through),
-                    "added_p50_ms": round(
-                        ((percentile(through, 50) or 0) - (percentile(direct, 50) or 0)) * 1000, 3
-                    ),
-                    "added_p99_ms": round((p99_gateway - p99_direct) * 1000, 3),
-                    # Less noisy than latency on a shared machine: the gateway's
-                    # own CPU time per answered request at this rate.
-                    "gateway_cpu_ms_per_request": round(
-                        gateway_cpu_s * 1000 / max(1, len(through) + sum(errors.values())), 3
-                    ),
-                    # The load generator itself kept up (else the figure says nothing of the gateway).
-                    "load_generator_kept_up": direct_rate >= 0.95 * rate,
-                    # The direct run itself stayed within the SLO: a noisier
-                    # baseline cannot resolve a few ms added (the difference of
-                    # two noisy p99s can even come out negative).
-                    "baseline_resolves_slo": p99_direct * 1000 <= args.slo_added_p99_ms,
-                }
-                level["within_slo"] = (
-                    level["baseline_resolves_slo"]
-                    and level["added_p99_ms"] <= args.slo_added_p99_ms
-                    and achieved >= 0.95 * rate
-                    and not errors
-                )
-                levels.append(level)
-                progress.update(i + 1, f"{rate:g} req/s: +{level['added_p99_ms']} ms p99")
-                if (
-                    not level["within_slo"]
-                    and level["load_generator_kept_up"]
-                    and not args.all_rates
-                ):
-                    break
-        progress.close()
+            levels = await measure_levels(
+                session, direct_url, gateway_url, gateway.pid, body, rates, args
+            )
     finally:
         for process in (gateway, upstream):
             process.terminate()
@@ -413,15 +450,6 @@ async def capacity_run(args: argparse.Namespace) -> dict[str, Any]:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
-    clean = [
-        lvl
-        for lvl in levels
-        if lvl["gateway_errors"] == 0
-        and lvl["gateway_cpu_ms_per_request"] > 0
-        and lvl["gateway_rps"] >= 0.95 * lvl["offered_rps"]
-    ]
-    sustained: list[float] = [float(lvl["gateway_rps"]) for lvl in levels if lvl["within_slo"]]
-    limited_by_load = any(not lvl["load_generator_kept_up"] for lvl in levels)
     return {
         "gateway_cpus": 1,
         "gateway_cpu": gateway_cpu,
@@ -431,13 +459,7 @@ async def capacity_run(args: argparse.Namespace) -> dict[str, Any]:
         "tokens_per_response": args.tokens,
         "slo_added_p99_ms": args.slo_added_p99_ms,
         "levels": levels,
-        "sustained_rps_per_core": max(sustained) if sustained else 0.0,
-        # What one core could answer if the gateway's CPU were the only limit:
-        # from its CPU time per request at the busiest rate it served cleanly.
-        "cpu_bound_rps_per_core": round(1000 / clean[-1]["gateway_cpu_ms_per_request"])
-        if clean
-        else None,
-        "limited_by_load_generator": limited_by_load,
+        **level_summary(levels),
     }
 
 
@@ -563,7 +585,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     capacity.add_argument(
         "--all-rates", action="store_true", help="go on past the first rate over the SLO"
     )
-    for sub_parser in (engine, capacity):
+    peers = sub.add_parser("peers", help="the capacity run beside vllm-router and LiteLLM")
+    peers.add_argument("--port", type=int, default=18500)
+    peers.add_argument("--rates", default="10,25,50,100,250,500,750,1000,1250,1500,2000,2500")
+    peers.add_argument("--seconds", type=float, default=5.0)
+    peers.add_argument("--tokens", type=int, default=8)
+    peers.add_argument("--slo-added-p99-ms", type=float, default=5.0)
+    peers.add_argument("--peers", default="seed-serve,vllm-router,litellm")
+    peers.add_argument(
+        "--all-rates", action="store_true", help="go on past the first rate over the SLO"
+    )
+    for sub_parser in (engine, capacity, peers):
         sub_parser.add_argument("--out", type=Path, default=None)
     return parser.parse_args(argv)
 
@@ -575,6 +607,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "engine":
         result = asyncio.run(engine_run(args))
         text, name = engine_markdown(result), "overhead-engine"
+    elif args.mode == "peers":
+        from benchmarks.overhead.peers import peers_markdown, peers_run
+
+        result = asyncio.run(peers_run(args))
+        text, name = peers_markdown(result), "overhead-peers"
     else:
         result = asyncio.run(capacity_run(args))
         text, name = capacity_markdown(result), "overhead-capacity"
@@ -585,6 +622,10 @@ def main(argv: list[str] | None = None) -> int:
     folder = publish("benchmarks.overhead", name, argv, secrets, args.out, result, text, machine)
     if args.mode == "capacity":
         print(f"plot: {capacity_plot(result, folder)}")
+    elif args.mode == "peers":
+        from benchmarks.overhead.peers import peers_plot
+
+        print(f"plot: {peers_plot(result, folder)}")
     return 0
 
 

@@ -23,6 +23,10 @@ def main() -> None:
     parser.add_argument("--upstream", action="append", required=True)
     parser.add_argument("--model", default="instant")
     parser.add_argument("--cpus", default=None, help="comma list of CPUs to pin to")
+    parser.add_argument(
+        "--keys-file", help="API keys on (this keys file; quotas apply), else auth off"
+    )
+    parser.add_argument("--audit-file", help="the audit log on (this file), else off")
     args = parser.parse_args()
     if args.cpus:
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
@@ -35,8 +39,10 @@ def main() -> None:
                 "log_format": "text",
                 "drain_timeout_s": 0,
             },
-            "auth": {"enabled": False, "demo_key_file": None},
-            "audit": {"file": None},
+            "auth": {"enabled": False, "demo_key_file": None}
+            if args.keys_file is None
+            else {"keys_file": args.keys_file, "demo_key_file": None},
+            "audit": {"file": args.audit_file},
             "replica_groups": [
                 {
                     "name": "instant",
