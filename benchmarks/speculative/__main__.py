@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import signal
 import sys
 import tempfile
 import time
@@ -114,7 +115,6 @@ def workloads(problems: list[Problem], seed: int) -> dict[str, list[tuple[str, d
                 "model": MODEL,
                 "code": problem.correct,
                 "language": "python",
-                "path": "solution.py",
                 "n_candidates": 1,
                 "temperature": 0.0,
             },
@@ -129,7 +129,8 @@ def workloads(problems: list[Problem], seed: int) -> dict[str, list[tuple[str, d
                 "prefix": problem.prompt,
                 "suffix": "",
                 "language": "python",
-                "path": "solution.py",
+                # One file per problem: completions of one document supersede each other.
+                "path": f"{problem.task_id.replace('/', '_')}.py",
                 "mode": "block",
                 "max_tokens": 160,
                 "temperature": 0.0,
@@ -163,6 +164,7 @@ async def run_load(
     failures = 0
     queue = list(requests)
     replicas: set[str] = set()
+    errors: set[str] = set()
 
     async def worker() -> None:
         nonlocal tokens, failures
@@ -172,6 +174,7 @@ async def run_load(
             response = await client.post(path, json=body)
             if response.status_code != 200:
                 failures += 1
+                errors.add(f"{response.status_code} {response.text[:160]}")
                 continue
             latencies.append(time.perf_counter() - began)
             replicas.add(response.headers.get("x-seed-serve-replica", "?"))
@@ -186,6 +189,7 @@ async def run_load(
     return {
         "requests": len(requests),
         "failures": failures,
+        "errors": sorted(errors)[:3],
         "replicas": sorted(replicas),
         "latency_ms": summarize(latencies),
         "completion_tokens": tokens,
@@ -279,6 +283,7 @@ def markdown(result: dict[str, Any]) -> str:
                 "method",
                 "task",
                 "load",
+                "served by",
                 "latency p50 ms",
                 "tokens/s",
                 "x off",
@@ -308,6 +313,8 @@ def plot(result: dict[str, Any], path: Path) -> Path | None:
         for i, method in enumerate(measured):
             ratios = [
                 methods[method]["tasks"][t][load]["tokens_per_s"] / base[t][load]["tokens_per_s"]
+                if base[t][load]["tokens_per_s"]
+                else 0.0
                 for t in TASKS
             ]
             axis.bar([x + i * width for x in range(len(TASKS))], ratios, width, label=method)
@@ -331,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--startup-timeout", type=float, default=600)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    # A stopped benchmark stops the stack it started (its finally blocks run);
+    # not SystemExit, which a failed start-up raises and run_method reports.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:

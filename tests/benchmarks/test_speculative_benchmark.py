@@ -23,6 +23,17 @@ def test_every_task_gets_greedy_requests_for_each_problem() -> None:
     }  # fmt: skip
     assert all(body["temperature"] == 0.0 for task in TASKS for _, body in work[task])
     assert workloads(load_problems(4), seed=0) == work  # the same for every method
+    # Each body is one the gateway takes (a refused one measured nothing once).
+    from serving.api.code_protocol import CodeCompletionRequest, CodeRepairRequest, CodeTestsRequest
+
+    models = {"repair": CodeRepairRequest, "tests": CodeTestsRequest,
+              "completion": CodeCompletionRequest}  # fmt: skip
+    for task in TASKS:
+        for _, body in work[task]:
+            models[task].model_validate(body)
+    # Completions of one document supersede each other: one document per problem.
+    paths = [body["path"] for _, body in work["completion"]]
+    assert len(set(paths)) == len(paths)
 
 
 def test_a_method_refused_at_start_up_is_reported_without_starting_anything() -> None:
