@@ -29,6 +29,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    # A stopped benchmark stops the stack it started (its finally blocks run).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     home = args.home or Path(tempfile.mkdtemp(prefix="seed-serve-adapters-"))
     home.mkdir(parents=True, exist_ok=True)
     base = f"http://127.0.0.1:{args.port}"

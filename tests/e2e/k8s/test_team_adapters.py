@@ -81,9 +81,11 @@ def test_a_tenants_adapter_from_accepted_suggestions_to_its_completions(
     config = cli_config(stack, ray_head)
     home = stack.workdir
     keys = stack.keys_file
-    _, house = create_key(keys, tenant="house", name="dev")
+    # House's key is written last: once it works, the gateway has read every
+    # change before it (other's key, house opting in).
     _, other = create_key(keys, tenant="other", name="dev")
     update_tenant(keys, "house", training_data="collect")
+    _, house = create_key(keys, tenant="house", name="dev")
     wait_for(
         lambda: post(stack, house, "/v1/completions",
                      {"model": TINY_MODEL, "prompt": "x", "max_tokens": 1}).status_code == 200,
