@@ -32,6 +32,7 @@ import yaml
 from benchmarks.common.http import wait_until_up
 from benchmarks.common.machine import core_noise, quietest_cpu
 from benchmarks.common.report import md_table, save_figure
+from benchmarks.overhead.levels import level_summary, measure_levels, start_module
 from serving.paths import seed_serve_home
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,8 +140,6 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 async def peers_run(args: argparse.Namespace) -> dict[str, Any]:
-    from benchmarks.overhead.__main__ import _start, level_summary, measure_levels
-
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         raise SystemExit("peers needs two CPUs: one for the proxy, one for the load")
@@ -152,7 +151,7 @@ async def peers_run(args: argparse.Namespace) -> dict[str, Any]:
     load_cpus = [cpu for cpu in cpus if cpu != proxy_cpu]
     os.sched_setaffinity(0, set(load_cpus))
     upstream_port = args.port + 1
-    upstream = _start(
+    upstream = start_module(
         "benchmarks.overhead.instant_upstream", "--port", str(upstream_port), "--tokens",
         str(args.tokens), "--cpus", ",".join(map(str, load_cpus)),
     )  # fmt: skip

@@ -163,11 +163,7 @@ class Dispatcher:
         excluded: set[str] = set()
         last_error: Exception | None = None
         for attempt in range(self.timeouts.retries + 1):
-            if attempt and not [
-                r
-                for r in self.registry.ready(model)
-                if r.replica_id not in excluded and route.admits(r)
-            ]:
+            if attempt and not self.registry.admitting(route, excluded):
                 break
             ticket = Ticket(
                 model=model,

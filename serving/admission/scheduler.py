@@ -173,19 +173,10 @@ class AdmissionScheduler:
     def _candidates(self, ticket: Ticket) -> list[ReplicaInfo]:
         """The model's ready replicas this ticket may go to (not excluded by a
         retry, serving its lane, decoding as it needs)."""
-        route = ticket.route
-        return [
-            r
-            for r in self.registry.ready(ticket.model)
-            if r.replica_id not in ticket.exclude and (route is None or route.admits(r))
-        ]
+        return self.registry.admitting(ticket.route or RouteRequest(ticket.model), ticket.exclude)
 
-    def _free_replicas(self, ticket: Ticket) -> list[ReplicaInfo]:
-        return [
-            r
-            for r in self._candidates(ticket)
-            if self.inflight(r.replica_id) < self.target(r.replica_id)
-        ]
+    def _free(self, candidates: list[ReplicaInfo]) -> list[ReplicaInfo]:
+        return [r for r in candidates if self.inflight(r.replica_id) < self.target(r.replica_id)]
 
     def _any_free(self, model: str) -> bool:
         return any(
@@ -234,7 +225,8 @@ class AdmissionScheduler:
                     return
                 heap = lanes[lane]
                 ticket = heap[0][2]
-                free = self._free_replicas(ticket)
+                candidates = self._candidates(ticket)
+                free = self._free(candidates)
                 if not free:
                     blocked.add(lane)
                     if self._any_free(model):
@@ -251,7 +243,7 @@ class AdmissionScheduler:
                 self.metrics.labelled(self.metrics.queue_depth, ticket.lane).dec()
                 self._lane_clock[(model, ticket.lane)] = ticket.virtual_finish
                 route = ticket.route or RouteRequest(model)
-                replica = self.router.pick(route, free, self._candidates(ticket), self.load)
+                replica = self.router.pick(route, free, candidates, self.load)
                 ticket.replica = replica
                 ticket.dispatched = time.monotonic()
                 self._inflight[replica.replica_id].add(ticket)
@@ -282,14 +274,15 @@ class AdmissionScheduler:
         """Wait for a replica slot (503 when the queue is full or the wait too long)."""
         if self.config.supersede and ticket.lane == "completion":
             self._supersede(ticket)
-        if not self._candidates(ticket):
+        candidates = self._candidates(ticket)
+        if not candidates:
             lane = f" for the {ticket.lane} lane" if self.registry.ready(ticket.model) else ""
             raise ServiceUnavailableError(
                 f"No replica of model `{ticket.model}`{lane} is ready yet; retry shortly.",
                 code="no_ready_replica",
                 headers={"Retry-After": "2"},
             )
-        if self._queued >= self.config.max_queue and not self._free_replicas(ticket):
+        if self._queued >= self.config.max_queue and not self._free(candidates):
             self.metrics.rejections.labels(reason="backpressure").inc()
             raise ServiceUnavailableError(
                 "The server is at capacity (admission queue full); retry shortly.",

@@ -12,12 +12,14 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from serving.background import Periodic
 from serving.engine_link.replica_info import ReplicaInfo, adapter_load_failed
 from serving.tokens import TokenCounter
+from serving.upstream.routing import RouteRequest
 
 logger = logging.getLogger("seed_serve.registry")
 
@@ -211,6 +213,15 @@ class ReplicaRegistry:
 
     def ready(self, model: str) -> list[ReplicaInfo]:
         return [r for r in self._replicas if r.model == model and self._usable(r)]
+
+    def admitting(
+        self, route: RouteRequest, exclude: AbstractSet[str] = frozenset()
+    ) -> list[ReplicaInfo]:
+        """The model's ready replicas ``route`` may go to, less ``exclude`` (a
+        retry's replicas that already failed it)."""
+        return [
+            r for r in self.ready(route.model) if r.replica_id not in exclude and route.admits(r)
+        ]
 
     def is_ready(self, replica_id: str) -> bool:
         return any(r.replica_id == replica_id and self._usable(r) for r in self._replicas)
