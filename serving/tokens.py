@@ -35,6 +35,13 @@ class TokenCounter:
             return len(text.encode("utf-8"))
         return len(self._tokenizer.encode(text, add_special_tokens=False).ids)
 
+    def ids(self, text: str) -> list[int] | None:
+        """The token ids of ``text`` (no special tokens: an engine's own, such
+        as BOS, are its replica's to report); None without the tokenizer."""
+        if self._tokenizer is None:
+            return None
+        return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+
     def token_id(self, token: str) -> int | None:
         """The id of a single (special) token, if the tokenizer has it."""
         if self._tokenizer is None:

@@ -1,14 +1,18 @@
-"""Routing gain: prefix affinity vs round-robin vs least-loaded on the same engines.
+"""Routing gain: round-robin, least-loaded, prefix affinity and kv_aware (the
+engines' own KV-cache events) side by side on the same engines, at each load.
 
-    seed-serve up --replicas 2 &           # or any stack with >= 2 replicas
-    python -m benchmarks.routing --key $KEY --model smollm2-135m-demo --duration 60
+    seed-serve up --replicas 2 --set 'replica_groups[0].kv_events=true' &
+    python -m benchmarks.routing --key $KEY --model smollm2-135m-demo --developers 2,8
 
 For each policy a gateway joins the running stack's Ray cluster (same engines,
 its own port) and replays developer sessions: each developer edits a few
 files, moving the cursor down a file, so successive completions share long
-prefixes. Every policy gets its own files (no cache carried over from the
-previous policy). Reports TTFT p50/p99 per policy, their ratios to
-round-robin, and the engines' prefix-cache hit rates read from their metrics.
+prefixes. Every policy and load gets its own files (no cache carried over).
+Reports per load (developers at once) and policy: TTFT p50/p99, their ratios
+to round-robin, throughput (answers/s) and the engines' prefix-cache hit rate
+read from their metrics; the winner (lowest TTFT p50, on average over the
+loads, relative to round-robin) and a PNG. kv_aware needs the stack's engines
+to publish their events (``replica_groups[].kv_events: true``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import subprocess
@@ -28,13 +33,13 @@ import aiohttp
 
 from benchmarks.common import Progress, summarize
 from benchmarks.common.http import wait_until_up
-from benchmarks.common.report import md_table, publish, results_dir
+from benchmarks.common.report import md_table, publish, results_dir, save_figure
 from benchmarks.load.client import RequestRecord, Target
 from benchmarks.load.workload import FimPrompt, SourceFile, default_source_tree, load_corpus
 from serving.paths import run_state_file
 
 ROOT = Path(__file__).resolve().parents[2]
-POLICIES = ("round_robin", "least_loaded", "prefix_affinity")
+POLICIES = ("round_robin", "least_loaded", "prefix_affinity", "kv_aware")
 
 
 def engine_counters(replicas: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
@@ -90,7 +95,7 @@ def start_gateway(
 
 
 async def replay(
-    args: argparse.Namespace, base_url: str, files: list[SourceFile], seed: int
+    args: argparse.Namespace, base_url: str, files: list[SourceFile], seed: int, developers: int
 ) -> list[RequestRecord]:
     records: list[RequestRecord] = []
     deadline = time.monotonic() + args.duration
@@ -127,7 +132,7 @@ async def replay(
             await asyncio.sleep(rng.uniform(0.05, 0.3))
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        await asyncio.gather(*(developer(i, session) for i in range(args.developers)))
+        await asyncio.gather(*(developer(i, session) for i in range(developers)))
     return records
 
 
@@ -142,6 +147,7 @@ def _policy_result(
     before: dict[str, tuple[float, float]],
     after: dict[str, tuple[float, float]],
     policy: str,
+    seconds: float,
 ) -> dict[str, Any]:
     ok = [r for r in records if r.ok]
     first_errors = sorted({r.error for r in records if r.error})[:3]
@@ -155,6 +161,7 @@ def _policy_result(
         "errors": len(records) - len(ok),
         "ttft_ms": summarize([r.ttft for r in ok if r.ttft is not None]),
         "e2e_ms": summarize([r.e2e for r in ok]),
+        "answers_per_s": round(len(ok) / seconds, 2),
         "prefix_cache_hit_rate": round(hits / queries, 4) if queries else None,
         "per_replica_queries": {k: after[k][1] - before[k][1] for k in after},
         "first_errors": first_errors,
@@ -170,25 +177,32 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(
             f"routing needs >= 2 ready replicas of {args.model} (found {len(replicas)})"
         )
+    policies = args.policies.split(",")
+    if "kv_aware" in policies and not all(r.get("kv_events") for r in replicas):
+        raise SystemExit(
+            "kv_aware needs the stack's engines to publish their KV-cache events: start it "
+            "with replica_groups[].kv_events: true (or leave kv_aware out of --policies)"
+        )
+    loads = [int(n) for n in str(args.developers).split(",")]
     corpus = [
         f
         for f in load_corpus(default_source_tree(), seed=args.seed)
         if len(f.text) > 3 * args.prefix_chars
     ]
     random.Random(args.seed).shuffle(corpus)
-    share = args.developers * args.files_per_developer
-    policies = args.policies.split(",")
-    if len(corpus) < share * len(policies):
-        raise SystemExit("not enough long source files for disjoint sessions per policy")
-    results: dict[str, Any] = {}
+    shares = [n * args.files_per_developer for n in loads]
+    if len(corpus) < sum(shares) * len(policies):
+        raise SystemExit("not enough long source files for disjoint sessions per policy and load")
     folder = results_dir(args.out, "routing")
-    progress = Progress(len(policies), "policies")
+    progress = Progress(len(policies) * len(loads), "policy x load")
     # Every policy's gateway starts up front, together (an idle gateway costs
-    # the engines nothing); each is measured alone, then stopped.
+    # the engines nothing); each is measured alone at each load.
     gateways = {
         policy: start_gateway(policy, args.port + n, state, folder / f"gateway-{policy}.log")
         for n, policy in enumerate(policies)
     }
+    levels: list[dict[str, Any]] = [{"developers": n, "policies": {}} for n in loads]
+    used = 0
     try:
         await asyncio.gather(
             *(
@@ -201,52 +215,141 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for n, policy in enumerate(policies)
             )
         )
-        for n, policy in enumerate(policies):
-            before = engine_counters(replicas)
-            files = corpus[n * share : (n + 1) * share]
-            records = await replay(args, f"http://127.0.0.1:{args.port + n}", files, args.seed + n)
-            after = engine_counters(replicas)
-            _stop(gateways[policy])
-            results[policy] = _policy_result(records, before, after, policy)
-            progress.update(n + 1, f"{policy}: TTFT p50 {results[policy]['ttft_ms']['p50']} ms")
+        if "kv_aware" in policies:  # its gateway follows every engine's events first
+            await _wait_kv_events_live(args, args.port + policies.index("kv_aware"), replicas)
+        done = 0
+        for level, share in zip(levels, shares, strict=True):
+            for n, policy in enumerate(policies):
+                before = engine_counters(replicas)
+                files = corpus[used : used + share]
+                used += share
+                records = await replay(
+                    args, f"http://127.0.0.1:{args.port + n}", files, args.seed + used,
+                    level["developers"],
+                )  # fmt: skip
+                after = engine_counters(replicas)
+                entry = _policy_result(records, before, after, policy, args.duration)
+                level["policies"][policy] = entry
+                done += 1
+                progress.update(
+                    done,
+                    f"{level['developers']} dev, {policy}: TTFT p50 {entry['ttft_ms']['p50']} ms",
+                )
     finally:
         for process in gateways.values():
             _stop(process)
     progress.close()
-    base = results.get("round_robin", {}).get("ttft_ms", {})
-    for entry in results.values():
-        for q in ("p50", "p99"):
-            entry[f"ttft_{q}_vs_round_robin"] = (
-                round(entry["ttft_ms"][q] / base[q], 3)
-                if base.get(q) and entry["ttft_ms"][q]
-                else None
-            )
-    return {"replicas": len(replicas), "policies": results}
+    for level in levels:
+        base = level["policies"].get("round_robin", {}).get("ttft_ms", {})
+        for entry in level["policies"].values():
+            for q in ("p50", "p99"):
+                entry[f"ttft_{q}_vs_round_robin"] = (
+                    round(entry["ttft_ms"][q] / base[q], 3)
+                    if base.get(q) and entry["ttft_ms"][q]
+                    else None
+                )
+    result: dict[str, Any] = {"replicas": len(replicas), "levels": levels}
+    result["winner"] = winner(levels)
+    return result
+
+
+async def _wait_kv_events_live(
+    args: argparse.Namespace, port: int, replicas: list[dict[str, Any]], timeout_s: float = 60
+) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    wanted = {r["replica_id"] for r in replicas}
+    async with httpx.AsyncClient(timeout=10) as client:
+        while time.monotonic() < deadline:
+            text = (
+                await client.get(
+                    f"http://127.0.0.1:{port}/metrics", headers={"x-api-key": args.key}
+                )
+            ).text
+            live = {
+                line.split('"')[1]
+                for line in text.splitlines()
+                if line.startswith("seed_serve_replica_kv_events_live{") and line.endswith(" 1.0")
+            }
+            if wanted <= live:
+                return
+            await asyncio.sleep(0.5)
+    raise SystemExit("the kv_aware gateway did not follow every engine's KV-cache events in 60 s")
+
+
+def winner(levels: list[dict[str, Any]]) -> str | None:
+    """The policy with the lowest TTFT p50 relative to round-robin, on average
+    (geometric) over the loads (the lowest TTFT p50 without a round-robin run)."""
+    scores: dict[str, list[float]] = {}
+    for level in levels:
+        for policy, entry in level["policies"].items():
+            ratio = entry.get("ttft_p50_vs_round_robin") or entry["ttft_ms"]["p50"]
+            if ratio:
+                scores.setdefault(policy, []).append(float(ratio))
+    if not scores:
+        return None
+    return min(scores, key=lambda p: math.prod(scores[p]) ** (1 / len(scores[p])))
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = result["levels"]
+    policies = list(levels[0]["policies"])
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4))
+    width = 0.8 / max(len(policies), 1)
+    for i, policy in enumerate(policies):
+        xs = [k + i * width for k in range(len(levels))]
+        entries = [level["policies"][policy] for level in levels]
+        axes[0].bar(xs, [e["ttft_ms"]["p50"] or 0 for e in entries], width, label=policy)
+        axes[1].bar(xs, [e["ttft_ms"]["p99"] or 0 for e in entries], width, label=policy)
+        axes[2].bar(xs, [e["prefix_cache_hit_rate"] or 0 for e in entries], width, label=policy)
+    ticks = [k + width * (len(policies) - 1) / 2 for k in range(len(levels))]
+    for axis, title in zip(
+        axes, ("TTFT p50 (ms)", "TTFT p99 (ms)", "engines' prefix-cache hit rate"), strict=True
+    ):
+        axis.set_xticks(ticks, [f"{level['developers']} developers" for level in levels])
+        axis.set_title(title)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(
+        f"Routing policies on {result['replicas']} replicas (winner: {result['winner']})"
+    )
+    return save_figure(figure, path)
 
 
 def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
     rows = [
         [
+            level["developers"],
             policy,
             e["ok"],
             e["errors"],
+            e["answers_per_s"],
             e["ttft_ms"]["p50"],
             e["ttft_ms"]["p99"],
             e["ttft_p50_vs_round_robin"],
             e["ttft_p99_vs_round_robin"],
             e["prefix_cache_hit_rate"],
         ]
-        for policy, e in result["policies"].items()
+        for level in result["levels"]
+        for policy, e in level["policies"].items()
     ]
     return (
-        f"{result['replicas']} replicas of `{args.model}`, {args.developers} developers x "
-        f"{args.files_per_developer} files, prefixes of {args.prefix_chars} characters, "
-        f"{args.duration:g} s per policy.\n\n"
+        f"{result['replicas']} replicas of `{args.model}`, {args.files_per_developer} files per "
+        f"developer, prefixes of {args.prefix_chars} characters, {args.duration:g} s per policy "
+        f"and load. Winner (TTFT p50 vs round-robin, geometric mean over the loads): "
+        f"**{result['winner']}**.\n\n"
         + md_table(
             [
+                "developers",
                 "policy",
                 "ok",
                 "errors",
+                "answers/s",
                 "TTFT p50 ms",
                 "TTFT p99 ms",
                 "p50 / round-robin",
@@ -267,7 +370,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--key", required=True, help="a key of the running stack")
     parser.add_argument("--model", required=True)
     parser.add_argument("--policies", default=",".join(POLICIES))
-    parser.add_argument("--developers", type=int, default=6)
+    parser.add_argument(
+        "--developers",
+        default="2,8",
+        help="developers at once, one load per value (a light and a near-saturating one)",
+    )
     parser.add_argument("--files-per-developer", type=int, default=2)
     parser.add_argument("--prefix-chars", type=int, default=5000)
     parser.add_argument("--max-tokens", type=int, default=16)
@@ -282,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     result = asyncio.run(run(args))
-    publish(
+    folder = publish(
         "benchmarks.routing",
         "routing",
         argv,
@@ -291,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         result,
         markdown(result, args),
     )
+    print(f"plot: {plot(result, folder / 'routing.png')}")
     return 0
 
 

@@ -91,6 +91,7 @@ class Dispatcher:
         timeouts: TimeoutsConfig,
         affinity_chars: int = 1024,
         placement: AdapterPlacement | None = None,
+        tokenize_prompts: bool = False,
     ) -> None:
         self.registry = registry
         self.client = client
@@ -100,6 +101,7 @@ class Dispatcher:
         self.timeouts = timeouts
         self.affinity_chars = affinity_chars
         self.placement = placement or AdapterPlacement()
+        self.tokenize_prompts = tokenize_prompts  # the router routes on prompt tokens
 
     def route_for(
         self, model: str, ctx: RequestContext | None, payload: dict[str, Any] | None = None
@@ -107,6 +109,10 @@ class Dispatcher:
         exact = _sampling_speculation_ignores(payload or {})
         if ctx is None:
             return RouteRequest(model, needs_exact_sampling=exact)
+        tokens = None
+        if self.tokenize_prompts and payload and isinstance(payload.get("prompt"), str):
+            # Once per request, with the model's own tokenizer (kv_aware routing).
+            tokens = self.registry.prompt_tokens(model, payload["prompt"])
         affinity = ctx.document
         if affinity is None and ctx.affinity_text:
             affinity = ctx.affinity_text[: self.affinity_chars]
@@ -119,6 +125,7 @@ class Dispatcher:
             adapter=ctx.adapter,
             lane=ctx.lane,
             needs_exact_sampling=exact,
+            prompt_tokens=tokens,
         )
 
     def _check_sampling(self, route: RouteRequest) -> None:

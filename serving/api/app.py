@@ -30,7 +30,13 @@ from serving.api.status import StatusServing
 from serving.api.suggestion_events import SuggestionEvents
 from serving.api.tabby import TabbyServing
 from serving.background import Periodic
-from serving.config import LeastLoadedRouting, PrefixAffinityRouting, ServingConfig, SessionRouting
+from serving.config import (
+    KvAwareRouting,
+    LeastLoadedRouting,
+    PrefixAffinityRouting,
+    ServingConfig,
+    SessionRouting,
+)
 from serving.observability.audit import AuditLog
 from serving.observability.metrics import GatewayMetrics
 from serving.observability.suggestions import build_suggestion_store
@@ -38,6 +44,7 @@ from serving.sandbox import Sandbox, SandboxResult
 from serving.tasks.completion import CodeCompleter
 from serving.upstream.adapters import AdapterAwareRouter, AdapterPlacement
 from serving.upstream.client import EngineClient, EngineTransport
+from serving.upstream.kv_index import KvBlockIndex, KvEventFeed
 from serving.upstream.registry import ReplicaRegistry
 from serving.upstream.routing import build_router
 
@@ -79,10 +86,20 @@ def build_app(
     routing = config.routing
     catalog = AdapterCatalog(Path(config.adapters.registry_file))
     placement = AdapterPlacement()
+    kv_feed: KvEventFeed | None = None
+    if isinstance(routing, KvAwareRouting):
+        kv_feed = KvEventFeed(KvBlockIndex(routing.max_blocks_per_replica))
     scheduler = AdmissionScheduler(
         config.admission,
         registry,
-        AdapterAwareRouter(build_router(routing), placement),
+        AdapterAwareRouter(
+            build_router(
+                routing,
+                kv_feed.index if kv_feed is not None else None,
+                count=lambda outcome: metrics.kv_routing.labels(outcome=outcome).inc(),
+            ),
+            placement,
+        ),
         metrics,
         kv_weight=routing.kv_weight if isinstance(routing, LeastLoadedRouting) else 0.0,
         placement=placement,
@@ -90,6 +107,10 @@ def build_app(
     registry.load_reporter = scheduler.queued_by_model
     registry.listeners.append(metrics.export_replicas)
     registry.listeners.append(lambda replicas, _: placement.update(replicas))
+    if kv_feed is not None:
+        index = kv_feed.index
+        registry.listeners.append(kv_feed.update)
+        registry.listeners.append(lambda _replicas, _: metrics.export_kv_index(*index.summary()))
     dispatcher = Dispatcher(
         registry,
         client,
@@ -97,8 +118,11 @@ def build_app(
         config.admission,
         metrics,
         timeouts=config.timeouts,
-        affinity_chars=routing.prefix_chars if isinstance(routing, PrefixAffinityRouting) else 1024,
+        affinity_chars=routing.prefix_chars
+        if isinstance(routing, PrefixAffinityRouting | KvAwareRouting)
+        else 1024,
         placement=placement,
+        tokenize_prompts=kv_feed is not None,
     )
 
     def count_run(result: SandboxResult) -> None:
@@ -156,6 +180,8 @@ def build_app(
         await retention.stop()
         await auth.stop()
         await registry.stop()
+        if kv_feed is not None:
+            await kv_feed.close()
         await client.close()
         await quotas.close()
         await events.close()

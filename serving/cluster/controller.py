@@ -21,7 +21,7 @@ from typing import Any
 
 from serving.cluster.placement import PlacementPlan, placement_plan, unplaceable_message
 from serving.cluster.replica import ReplicaActor
-from serving.config import ReplicaGroupConfig, ServingConfig
+from serving.config import KvAwareRouting, ReplicaGroupConfig, RoutingConfig, ServingConfig
 from serving.engine_link.replica_info import ReplicaInfo, ReplicaState, adapter_load_failed
 
 logger = logging.getLogger("seed_serve.controller")
@@ -144,6 +144,7 @@ class ReplicaController:
             self.config.health.model_dump(mode="json"),
             engine_env,
             list(self.config.adapters.roots),
+            _kv_events_buffer_steps(group, self.config.routing),
         )
         slot.info.state = ReplicaState.STARTING
         await self._wait_ready(slot)
@@ -402,3 +403,12 @@ def create_or_get_controller(config: ServingConfig, *, local_ray: bool, detached
 
 
 __all__ = ["PlacementPlan", "ReplicaController", "create_or_get_controller"]
+
+
+def _kv_events_buffer_steps(group: ReplicaGroupConfig, routing: RoutingConfig) -> int | None:
+    """How many engine steps of KV-cache events the group's engines keep to
+    replay (None: they publish none)."""
+    kv_aware = isinstance(routing, KvAwareRouting)
+    if not (group.kv_events if group.kv_events is not None else kv_aware):
+        return None
+    return routing.events_buffer_steps if isinstance(routing, KvAwareRouting) else 10_000

@@ -9,11 +9,14 @@ if its port is reachable.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import os
 from typing import Any
 
+from serving.cluster.kv_events import EVENTS_PATH, KvEventRelay, since_of
 from serving.errors import AuthenticationError
 
 TOKEN_ENV = "SEED_SERVE_ENGINE_TOKEN"
@@ -32,6 +35,8 @@ class EngineGuard:
         self._refusal = AuthenticationError(
             "engine access is restricted to the gateway"
         ).envelope_json()
+        # The engine's KV-cache events, when it publishes them (kv_aware routing).
+        self._kv_events = KvEventRelay.from_environment()
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope.get("headers", ()):
@@ -60,4 +65,52 @@ class EngineGuard:
             )
             await send({"type": "http.response.body", "body": body})
             return
+        if scope["type"] == "http" and scope.get("path") == EVENTS_PATH:
+            await self._relay_kv_events(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+    async def _relay_kv_events(self, scope: Scope, receive: Any, send: Any) -> None:
+        if self._kv_events is None:
+            body = b'{"error":{"message":"this engine publishes no KV-cache events"}}'
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream"),
+                    (b"cache-control", b"no-cache"),
+                ],
+            }
+        )
+        gone = asyncio.ensure_future(_disconnected(receive))
+        events = self._kv_events.stream(since_of(scope.get("query_string", b"")))
+        try:
+            while not gone.done():
+                chunk = asyncio.ensure_future(anext(events))
+                await asyncio.wait({chunk, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not chunk.done():
+                    chunk.cancel()
+                    break
+                await send(
+                    {"type": "http.response.body", "body": chunk.result(), "more_body": True}
+                )
+        finally:
+            gone.cancel()
+            await events.aclose()
+        with contextlib.suppress(Exception):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _disconnected(receive: Any) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

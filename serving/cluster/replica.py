@@ -40,6 +40,7 @@ from serving.cluster.engine_process import (
     stop_engine,
     tail,
 )
+from serving.cluster.kv_events import KvEventSockets
 from serving.config import HealthConfig, ReplicaGroupConfig
 from serving.engine_link.engine_metrics import EngineLoad, parse_engine_metrics
 from serving.engine_link.http import EngineConnectionPool, EngineHTTPError
@@ -62,6 +63,7 @@ class ReplicaActor:
         health_json: dict[str, Any] | None = None,
         engine_env: dict[str, str] | None = None,
         adapter_roots: list[str] | None = None,
+        kv_events_buffer_steps: int | None = None,
     ) -> None:
         self.replica_id = replica_id
         self.group = ReplicaGroupConfig.model_validate(group_json)
@@ -85,6 +87,8 @@ class ReplicaActor:
         self.adapters = ResidentAdapters(self.group.lora, adapter_roots or [], self._call)
         self._started_at = time.monotonic()
         self.process: subprocess.Popen[bytes] | None = None
+        self.kv_events: KvEventSockets | None = None
+        self.prompt_prefix_ids: list[int] | None = None
         # A FIM template that does not fit the tokenizer is a configuration
         # error: known from the tokenizer file, before minutes of engine start-up.
         problem = self._fim_problem_from_files() or speculative_problem(
@@ -93,6 +97,9 @@ class ReplicaActor:
         if problem:
             self._fail_for_good(problem)
             return
+        # kv_aware routing: the engine publishes its KV-cache events on Unix
+        # sockets its guard relays (serving/cluster/kv_events.py).
+        self.kv_events = KvEventSockets.create() if kv_events_buffer_steps else None
         # Started here, not in a method: when Ray restarts a dead replica it
         # runs __init__ again, and the new engine boots without anybody asking.
         self.process = spawn_engine(
@@ -102,7 +109,8 @@ class ReplicaActor:
                 port=self.port,
                 lora=self.group.lora,
                 speculative=self.group.speculative,
-            ),
+            )
+            + (self.kv_events.engine_args(kv_events_buffer_steps or 0) if self.kv_events else []),
             {
                 **engine_environment(
                     engine,
@@ -110,6 +118,7 @@ class ReplicaActor:
                     lora=self.group.lora,
                     speculative=self.group.speculative,
                 ),
+                **(self.kv_events.environment() if self.kv_events else {}),
                 **(engine_env or {}),
             },
             self.log_path,
@@ -205,6 +214,15 @@ class ReplicaActor:
             counts[token] = len(json.loads(raw)["tokens"])
         return self._fim_problem(counts)
 
+    async def _probe_prompt_prefix(self) -> list[int]:
+        """The token ids the engine puts before every prompt (its tokenizer's
+        BOS, if it adds one): kv_aware gateways tokenize prompts as it does."""
+        body = {"model": self.group.engine.served_model_name, "prompt": ""}
+        status, raw = await self._call("POST", "/tokenize", body)
+        if status != 200:
+            raise EngineHTTPError(f"/tokenize answered HTTP {status}")
+        return [int(t) for t in json.loads(raw)["tokens"]]
+
     def tokenizer_json(self) -> str | None:
         """The model's tokenizer.json (for the gateway's token budgets), if it has one."""
         engine = self.group.engine
@@ -256,6 +274,8 @@ class ReplicaActor:
                 self.max_model_len = int(models["data"][0].get("max_model_len") or 0) or None
                 self.has_chat_template = await self._probe_chat_template()
                 problem = await self._check_fim_tokens()
+                if self.kv_events is not None:
+                    self.prompt_prefix_ids = await self._probe_prompt_prefix()
                 if problem:
                     self._fail_for_good(problem)
                     await self._terminate_engine()
@@ -326,6 +346,8 @@ class ReplicaActor:
             has_chat_template=self.has_chat_template,
             fim_template=self.group.engine.fim_template,
             engine_pid=self.process.pid if self.process is not None else None,
+            kv_events=self.kv_events is not None,
+            prompt_prefix_ids=self.prompt_prefix_ids,
             node_ip=self.host,
             log_path=str(self.log_path),
             message=self.message,
@@ -369,4 +391,6 @@ class ReplicaActor:
         """Stop the engine for good."""
         self.state = ReplicaState.STOPPED
         await self._terminate_engine()
+        if self.kv_events is not None:
+            self.kv_events.remove()
         self._http.close()

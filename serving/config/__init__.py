@@ -31,6 +31,7 @@ from serving.config._model import ServingConfig
 from serving.config._scaling import (
     AutoscalingConfig,
     HealthConfig,
+    KvAwareRouting,
     LeastLoadedRouting,
     PrefixAffinityRouting,
     RoundRobinRouting,
@@ -54,6 +55,7 @@ __all__ = [
     "EngineConfig",
     "GatewayConfig",
     "HealthConfig",
+    "KvAwareRouting",
     "Lane",
     "LeastLoadedRouting",
     "LimitsConfig",

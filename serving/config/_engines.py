@@ -256,6 +256,13 @@ class ReplicaGroupConfig(Strict):
         "completions on one without: groups of one model must cover every lane together.",
     )
 
+    kv_events: bool | None = Field(
+        default=None,
+        description="Whether this group's engines publish their KV-cache events (to the "
+        "gateways, through the engine guard) for kv_aware routing; null: when routing.policy "
+        "is kv_aware. Set true for gateways joined with kv_aware to a stack routing otherwise.",
+    )
+
     @field_validator("lanes")
     @classmethod
     def _no_repeats(cls, value: list[Lane] | None) -> list[Lane] | None:

@@ -63,8 +63,53 @@ class SessionRouting(Strict):
     virtual_nodes: int = Field(default=64, ge=1, le=4096, description="Points per replica.")
 
 
+class KvAwareRouting(Strict):
+    """The replica whose KV cache holds the longest prefix of the prompt, as
+    its engine reports it (vLLM's KV-cache events), with a load bound."""
+
+    policy: Literal["kv_aware"] = Field(
+        description="Longest cached prefix first (from the engines' KV-cache events); "
+        "prefix_affinity while a replica's events are missing or nothing is cached."
+    )
+    load_bound: float = Field(
+        default=1.25,
+        ge=1.0,
+        le=10.0,
+        description="A replica takes at most load_bound x the average load; the longest "
+        "cached prefix on a replica above it is passed over.",
+    )
+    prefix_chars: int = Field(
+        default=1024,
+        ge=16,
+        le=1_000_000,
+        description="prefix_affinity's fallback: characters of the prompt's start hashed "
+        "when no document id is given.",
+    )
+    virtual_nodes: int = Field(
+        default=64, ge=1, le=4096, description="prefix_affinity's fallback: points per replica."
+    )
+    max_blocks_per_replica: int = Field(
+        default=262_144,
+        ge=16,
+        le=16_777_216,
+        description="The index keeps at most this many cached blocks per replica (the "
+        "oldest are forgotten first): bounds the gateway's memory if removals are missed.",
+    )
+    events_buffer_steps: int = Field(
+        default=10_000,
+        ge=100,
+        le=1_000_000,
+        description="Engine steps of events each engine keeps to replay to a gateway that "
+        "(re)connects (vLLM's kv-events buffer_steps).",
+    )
+
+
 RoutingConfig = Annotated[
-    RoundRobinRouting | LeastLoadedRouting | PrefixAffinityRouting | SessionRouting,
+    RoundRobinRouting
+    | LeastLoadedRouting
+    | PrefixAffinityRouting
+    | SessionRouting
+    | KvAwareRouting,
     Field(discriminator="policy"),
 ]
 

@@ -67,6 +67,10 @@ class ReplicaInfo:
     # admission lanes its group serves (None: all).
     speculative: str = "off"
     lanes: list[str] | None = None
+    # Whether its engine publishes KV-cache events (GET /seed-serve/kv-events).
+    kv_events: bool = False
+    # The token ids its engine puts before every prompt (BOS), when kv_events.
+    prompt_prefix_ids: list[int] | None = None
 
     @property
     def ready(self) -> bool:

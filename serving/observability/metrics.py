@@ -208,6 +208,26 @@ class GatewayMetrics:
             ["replica"],
             registry=r,
         )
+        self.replica_kv_index_blocks = Gauge(
+            "seed_serve_replica_kv_index_blocks",
+            "KV-cache blocks of the replica this gateway's kv_aware index knows of.",
+            ["replica"],
+            registry=r,
+        )
+        self.replica_kv_events_live = Gauge(
+            "seed_serve_replica_kv_events_live",
+            "1 while this gateway follows the replica's KV-cache events (kv_aware routing).",
+            ["replica"],
+            registry=r,
+        )
+        self.kv_routing = Counter(
+            "seed_serve_kv_routing_total",
+            "kv_aware routing decisions: cached_prefix (to the replica holding the longest "
+            "cached prefix), or prefix_affinity because of no_events (a replica's events are "
+            "missing), no_tokens (e.g. chat) or nothing_cached.",
+            ["outcome"],
+            registry=r,
+        )
         self.keys_reloads = Counter(
             "seed_serve_keys_reloads_total", "Keys file reloads.", ["result"], registry=r
         )
@@ -220,6 +240,12 @@ class GatewayMetrics:
         if child is None:
             child = self._children[key] = metric.labels(*values)
         return child
+
+    def export_kv_index(self, blocks: dict[str, int], live: dict[str, bool]) -> None:
+        """The kv_aware index's gauges, per replica it follows (each refresh)."""
+        for rid, count in blocks.items():
+            self.replica_kv_index_blocks.labels(replica=rid).set(count)
+            self.replica_kv_events_live.labels(replica=rid).set(1 if live.get(rid) else 0)
 
     def export_replicas(self, replicas: list[ReplicaInfo], is_ready: Callable[[str], bool]) -> None:
         """The per-replica gauges from the replica list (each refresh); the
@@ -249,7 +275,8 @@ class GatewayMetrics:
             if rid not in present:
                 for gauge in (self.replica_running, self.replica_waiting, self.replica_kv_usage,
                               self.replica_prefix_hit, self.replica_inflight_target,
-                              self.replica_adapters):  # fmt: skip
+                              self.replica_adapters, self.replica_kv_index_blocks,
+                              self.replica_kv_events_live):  # fmt: skip
                     with contextlib.suppress(KeyError):
                         gauge.remove(rid)
         self._replicas_exported = current

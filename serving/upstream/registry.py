@@ -255,6 +255,17 @@ class ReplicaRegistry:
             lora_capacity=max((r.lora_capacity for r in replicas), default=0),
         )
 
+    def prompt_tokens(self, model: str, prompt: str) -> list[int] | None:
+        """``prompt``'s token ids as the model's engines see them (their BOS
+        first), when the tokenizer and a replica that reports its prefix are known."""
+        ids = self.token_counter(model).ids(prompt)
+        if ids is None:
+            return None
+        for replica in self._replicas:
+            if replica.model == model and replica.prompt_prefix_ids is not None:
+                return replica.prompt_prefix_ids + ids
+        return None
+
     def token_counter(self, model: str) -> TokenCounter:
         """The model's tokenizer (byte counts until it has been fetched)."""
         return self._counters.get(model) or _BYTE_COUNTER

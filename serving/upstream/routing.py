@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from serving.config import (
+    KvAwareRouting,
     LeastLoadedRouting,
     PrefixAffinityRouting,
     RoundRobinRouting,
@@ -24,6 +25,7 @@ from serving.config import (
     SessionRouting,
 )
 from serving.engine_link.replica_info import ReplicaInfo
+from serving.upstream.kv_index import KvBlockIndex
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class RouteRequest:
     # A sampling field the request sets that speculative decoding ignores
     # (min_p, logit_bias): only replicas that decode without it.
     needs_exact_sampling: str | None = None
+    # The prompt's token ids as the engine will see them (kv_aware routing only).
+    prompt_tokens: Sequence[int] | None = None
 
     def admits(self, replica: ReplicaInfo) -> bool:
         """Whether ``replica`` may serve this request at all."""
@@ -179,11 +183,78 @@ class SessionRouter(_KeyedRingRouter):
         super().__init__(config, key=lambda request: request.session)
 
 
-def build_router(config: RoutingConfig) -> Router:
+class KvAwareRouter:
+    """The free replica holding the longest cached prefix of the prompt (the
+    engines' KV-cache events), among those within the load bound; prefix
+    affinity when a replica's events are missing, the prompt's tokens are not
+    known (chat), or no replica holds even its first block."""
+
+    def __init__(
+        self,
+        config: KvAwareRouting,
+        index: KvBlockIndex,
+        count: Callable[[str], None] | None = None,
+    ) -> None:
+        self.index = index
+        self.count = count or (lambda outcome: None)  # each decision's outcome (metrics)
+        self.bound = config.load_bound
+        self.fallback = PrefixAffinityRouter(
+            PrefixAffinityRouting(
+                policy="prefix_affinity",
+                prefix_chars=config.prefix_chars,
+                load_bound=config.load_bound,
+                virtual_nodes=config.virtual_nodes,
+            )
+        )
+
+    def pick(
+        self,
+        request: RouteRequest,
+        free: Sequence[ReplicaInfo],
+        ready: Sequence[ReplicaInfo],
+        load: LoadFn,
+    ) -> ReplicaInfo:
+        tokens = request.prompt_tokens
+        if not tokens:
+            return self._fall_back("no_tokens", request, free, ready, load)
+        if not all(self.index.is_live(r.replica_id) for r in ready):
+            return self._fall_back("no_events", request, free, ready, load)
+        limit = math.ceil(self.bound * (sum(load(r) for r in ready) + 1) / max(len(ready), 1))
+        within = [r for r in free if load(r) + 1 <= limit]
+        matched = self.index.matched_blocks(tokens, request.adapter, [r.replica_id for r in within])
+        best = max(within, key=lambda r: (matched[r.replica_id], -load(r)), default=None)
+        if best is None or matched[best.replica_id] == 0:
+            return self._fall_back("nothing_cached", request, free, ready, load)
+        self.count("cached_prefix")
+        return best
+
+    def _fall_back(
+        self,
+        outcome: str,
+        request: RouteRequest,
+        free: Sequence[ReplicaInfo],
+        ready: Sequence[ReplicaInfo],
+        load: LoadFn,
+    ) -> ReplicaInfo:
+        self.count(outcome)
+        return self.fallback.pick(request, free, ready, load)
+
+
+def build_router(
+    config: RoutingConfig,
+    kv_index: KvBlockIndex | None = None,
+    count: Callable[[str], None] | None = None,
+) -> Router:
+    """The configured policy; kv_aware needs the gateway's index (and counts
+    its decisions' outcomes with ``count``)."""
     if isinstance(config, RoundRobinRouting):
         return RoundRobinRouter()
     if isinstance(config, LeastLoadedRouting):
         return LeastLoadedRouter(config)
     if isinstance(config, PrefixAffinityRouting):
         return PrefixAffinityRouter(config)
+    if isinstance(config, KvAwareRouting):
+        if kv_index is None:
+            raise ValueError("kv_aware routing needs the gateway's KV block index")
+        return KvAwareRouter(config, kv_index, count)
     return SessionRouter(config)

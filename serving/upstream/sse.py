@@ -36,6 +36,14 @@ class SSEEvent:
     def done(self) -> bool:
         return self.data == DONE_DATA
 
+    @property
+    def event_id(self) -> str | None:
+        """Its ``id:`` field, if it has one."""
+        for line in self.raw.splitlines():
+            if line.startswith(b"id:"):
+                return line[3:].strip().decode("utf-8", "replace")
+        return None
+
     def json(self) -> Any:
         """The data as JSON (ValueError when it is not JSON)."""
         if self._parsed is _UNSET:

@@ -25,6 +25,7 @@ from tests.support.stack import (
     TINY_MODEL,
     JoinedGateway,
     SeedServeProcess,
+    engine_metric,
     free_port,
     replica_endpoints,
     tiny_config,
@@ -176,6 +177,94 @@ def test_least_loaded_moves_traffic_away_from_a_busy_replica(
         gateway.kill_tree()
 
 
+# A prompt of many KV-cache blocks (the tiny model's 1,024-token window):
+# kv_aware routes on whole blocks, which short prompts do not fill.
+LONG_PROMPT = FILE_HEADER + "".join(f"def handler_{i}(event):\n    return {i}\n" for i in range(15))
+
+
+def gateway_metric(gateway: SeedServeProcess, name: str, admin: str) -> dict[str, float]:
+    """One metric of a gateway, by its (first) label value."""
+    text = httpx.get(gateway.base_url + "/metrics", headers={"x-api-key": admin}, timeout=10).text
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            label = line.split('"')[1]
+            values[label] = float(line.rsplit(" ", 1)[1])
+    return values
+
+
+@pytest.fixture(scope="module")
+def kv_gateway(
+    stack: SeedServeProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SeedServeProcess]:
+    """A gateway routing kv_aware, joined to the stack (whose engines publish
+    their KV-cache events: scale_out_stack_config sets kv_events)."""
+    gateway = JoinedGateway(
+        stack,
+        tmp_path_factory.mktemp("kv-gateway"),
+        {
+            "routing": {"policy": "kv_aware"},
+            "auth": {"keys_file": str(stack.keys_file)},
+            "gateway": {"replica_refresh_interval_s": 0.2},
+        },
+    )
+    try:
+        gateway.wait_ready(replicas=2, timeout_s=180)
+        yield gateway
+    finally:
+        gateway.stop()
+        gateway.kill_tree()
+
+
+def test_kv_aware_routes_to_the_replica_whose_cache_holds_the_prompt(
+    stack: SeedServeProcess, kv_gateway: SeedServeProcess, admin: str
+) -> None:
+    # The engines' events reach the gateway only through their guard, with the secret.
+    for replica in replica_endpoints(stack):
+        assert httpx.get(replica["url"] + "/seed-serve/kv-events", timeout=10).status_code == 401
+    wait_for(
+        lambda: (
+            gateway_metric(kv_gateway, "seed_serve_replica_kv_events_live", admin)
+            == {"scale-0": 1.0, "scale-1": 1.0}
+        ),
+        60,
+        "the gateway following both engines' KV-cache events",
+        stack,
+    )
+    body = {**BODY, "prompt": LONG_PROMPT, "max_tokens": 2}
+    first = kv_gateway.http.post(
+        "/v1/completions", json=body, headers={**stack.headers, "x-seed-serve-document": "kv0.py"}
+    )
+    assert first.status_code == 200, first.text
+    holder = served_by(first)
+    wait_for(
+        lambda: (
+            gateway_metric(kv_gateway, "seed_serve_replica_kv_index_blocks", admin).get(holder, 0)
+            > 0
+        ),
+        30,
+        "the holder's blocks in the gateway's index",
+        stack,
+    )
+    engine = next(r for r in replica_endpoints(stack) if r["replica_id"] == holder)
+    hits_before = engine_metric(engine, "vllm:prefix_cache_hits_total")
+    # Other documents (prefix_affinity would spread them over both replicas):
+    # all to the replica that holds the prompt, where its cached prefix is reused.
+    served = [
+        served_by(
+            kv_gateway.http.post(
+                "/v1/completions",
+                json=body,
+                headers={**stack.headers, "x-seed-serve-document": f"kv{i}.py"},
+            )
+        )
+        for i in range(1, 9)
+    ]
+    assert served == [holder] * 8
+    assert gateway_metric(kv_gateway, "seed_serve_kv_routing_total", admin)["cached_prefix"] >= 8
+    assert engine_metric(engine, "vllm:prefix_cache_hits_total") > hits_before
+
+
 # --------------------------------------------------------------------------- faults
 
 
@@ -211,8 +300,30 @@ def test_sigstop_replica_is_ejected_and_traffic_continues(stack: SeedServeProces
     )
 
 
-def test_chaos_sigkill_an_engine_while_requests_stream(stack: SeedServeProcess) -> None:
+def test_chaos_sigkill_an_engine_while_requests_stream(
+    stack: SeedServeProcess, kv_gateway: SeedServeProcess, admin: str
+) -> None:
     pids = _engine_pids(stack)
+    # The kv_aware gateway knows blocks cached by the engine about to die.
+    doomed = next(r for r in replica_endpoints(stack) if r["replica_id"] == "scale-0")
+    cached = httpx.post(
+        doomed["url"] + "/v1/completions",
+        json={**BODY, "prompt": "# doomed\n" + LONG_PROMPT, "max_tokens": 1},
+        headers={"Authorization": f"Bearer {doomed['token']}"},
+        timeout=60,
+    )
+    assert cached.status_code == 200
+    wait_for(
+        lambda: (
+            gateway_metric(kv_gateway, "seed_serve_replica_kv_index_blocks", admin).get(
+                "scale-0", 0
+            )
+            > 0
+        ),
+        30,
+        "scale-0's blocks in the kv_aware gateway's index",
+        stack,
+    )
     outcomes: list[str] = []
     long = {**BODY, "max_tokens": 600, "min_tokens": 600, "stream": True}
 
@@ -278,6 +389,24 @@ def test_chaos_sigkill_an_engine_while_requests_stream(stack: SeedServeProcess) 
         for i in range(16)
     }
     assert "scale-0" in served
+
+    # The kv_aware gateway dropped the dead engine's blocks (the new engine's
+    # cache is empty: the prompts since are shorter than a block) and follows
+    # the new engine's events.
+    def index_of_scale_0() -> tuple[float, float]:
+        live = gateway_metric(kv_gateway, "seed_serve_replica_kv_events_live", admin)
+        blocks = gateway_metric(kv_gateway, "seed_serve_replica_kv_index_blocks", admin)
+        return live.get("scale-0", 0), blocks.get("scale-0", -1)
+
+    wait_for(lambda: index_of_scale_0() == (1.0, 0.0), 60, "scale-0's index rebuilt", stack)
+    reborn = next(r for r in replica_endpoints(stack) if r["replica_id"] == "scale-0")
+    httpx.post(
+        reborn["url"] + "/v1/completions",
+        json={**BODY, "prompt": LONG_PROMPT, "max_tokens": 1},
+        headers={"Authorization": f"Bearer {reborn['token']}"},
+        timeout=60,
+    ).raise_for_status()
+    wait_for(lambda: index_of_scale_0()[1] > 0, 30, "the new engine's blocks indexed", stack)
 
 
 def test_sigterm_drains_the_gateway(stack: SeedServeProcess, tmp_path: Path) -> None:

@@ -86,6 +86,8 @@ def tiny_stack_config(model_dir: Path) -> dict[str, Any]:
     # candidates keep the test-generation and repair routes quick for the
     # fuzzing and the quality run (they spent ~2 of the suite's minutes here).
     config["tasks"] = {"tests_max_tokens": 128, "tests_regenerations": 0, "repair_max_tokens": 128}
+    # Its engines publish KV-cache events: the routing benchmark's kv_aware gateway follows them.
+    config["replica_groups"][0]["kv_events"] = True
     return config
 
 
@@ -107,6 +109,9 @@ def scale_out_stack_config(model_dir: Path) -> dict[str, Any]:
     config["timeouts"] = {"first_token_s": 15, "idle_s": 10, "total_s": 120, "retries": 2}
     group = config["replica_groups"][0]
     group["drain_timeout_s"] = 30
+    # Its engines publish KV-cache events, for the kv_aware gateway joined to it
+    # (its own gateway routes by prefix affinity, the default).
+    group["kv_events"] = True
     group["engine"]["cpu_affinity"] = OTHER_ENGINE_CORES  # it boots beside the demo stack
     return config
 

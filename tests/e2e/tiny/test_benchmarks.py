@@ -75,7 +75,7 @@ def test_routing_benchmark(tiny_stack: SeedServeProcess, tmp_path: Path) -> None
             "--model",
             TINY_MODEL,
             "--duration",
-            "4",
+            "3",
             "--developers",
             "2",
             "--prefix-chars",
@@ -86,11 +86,18 @@ def test_routing_benchmark(tiny_stack: SeedServeProcess, tmp_path: Path) -> None
         home=tiny_stack.home,
     )
     data = report(tmp_path, "routing")
-    assert set(data["policies"]) == {"round_robin", "least_loaded", "prefix_affinity"}
-    for entry in data["policies"].values():
+    (level,) = data["levels"]
+    policies = level["policies"]
+    assert level["developers"] == 2
+    assert set(policies) == {"round_robin", "least_loaded", "prefix_affinity", "kv_aware"}
+    for entry in policies.values():
         assert entry["ok"] > 0 and entry["prefix_cache_hit_rate"] is not None
+        assert entry["answers_per_s"] == round(entry["ok"] / 3, 2)
     # Round-robin spreads one developer's requests over both engines.
-    assert all(q > 0 for q in data["policies"]["round_robin"]["per_replica_queries"].values())
+    assert all(q > 0 for q in policies["round_robin"]["per_replica_queries"].values())
+    p50 = {policy: e["ttft_p50_vs_round_robin"] for policy, e in policies.items()}
+    assert data["winner"] == min(p50, key=lambda policy: p50[policy])
+    assert (tmp_path / "routing.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_quality_benchmark(tiny_stack: SeedServeProcess, tmp_path: Path) -> None:
