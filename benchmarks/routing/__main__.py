@@ -2,7 +2,7 @@
 engines' own KV-cache events) side by side on the same engines, at each load.
 
     seed-serve up --replicas 2 --set 'replica_groups[0].kv_events=true' &
-    python -m benchmarks.routing --key $KEY --model smollm2-135m-demo --developers 2,8
+    python -m benchmarks.routing --key $KEY --model smollm2-135m-demo --developers 1,4
 
 For each policy a gateway joins the running stack's Ray cluster (same engines,
 its own port) and replays developer sessions: each developer edits a few
@@ -372,7 +372,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument(
         "--developers",
-        default="2,8",
+        default="1,4",
         help="developers at once, one load per value (a light and a near-saturating one)",
     )
     parser.add_argument("--files-per-developer", type=int, default=2)
