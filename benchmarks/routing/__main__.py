@@ -66,6 +66,8 @@ def engine_counters(replicas: list[dict[str, Any]]) -> dict[str, tuple[float, fl
 def start_gateway(
     policy: str, port: int, state: dict[str, Any], log: Path
 ) -> subprocess.Popen[bytes]:
+    """A gateway with ``policy`` joined to the stack; its metrics on ``port`` + 1000
+    (the benchmark reads them without an admin key)."""
     return subprocess.Popen(
         [
             sys.executable,
@@ -84,6 +86,8 @@ def start_gateway(
             f"ray.controller_name={state['controller_name']}",
             "--set",
             f"routing.policy={policy}",
+            "--set",
+            f"gateway.metrics_port={port + 1000}",
             # The stack's keys, so that the benchmark's key works on this gateway too.
             *(["--set", f"auth.keys_file={state['keys_file']}"] if state.get("keys_file") else []),
         ],
@@ -216,11 +220,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         )
         if "kv_aware" in policies:  # its gateway follows every engine's events first
-            await _wait_kv_events_live(args, args.port + policies.index("kv_aware"), replicas)
+            await _wait_kv_events_live(args.port + policies.index("kv_aware"), replicas)
         done = 0
         for level, share in zip(levels, shares, strict=True):
             for n, policy in enumerate(policies):
                 before = engine_counters(replicas)
+                decisions = await gateway_metric(args.port + n, "seed_serve_kv_routing_total")
                 files = corpus[used : used + share]
                 used += share
                 records = await replay(
@@ -229,6 +234,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 )  # fmt: skip
                 after = engine_counters(replicas)
                 entry = _policy_result(records, before, after, policy, args.duration)
+                if policy == "kv_aware":  # how often it routed on a cached prefix
+                    now = await gateway_metric(args.port + n, "seed_serve_kv_routing_total")
+                    entry["kv_decisions"] = {k: v - decisions.get(k, 0.0) for k, v in now.items()}
                 level["policies"][policy] = entry
                 done += 1
                 progress.update(
@@ -253,28 +261,29 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-async def _wait_kv_events_live(
-    args: argparse.Namespace, port: int, replicas: list[dict[str, Any]], timeout_s: float = 60
-) -> None:
+async def gateway_metric(port: int, name: str) -> dict[str, float]:
+    """One metric of a benchmark gateway (its metrics port), by its first label's value."""
     import httpx
 
+    async with httpx.AsyncClient(timeout=10) as client:
+        text = (await client.get(f"http://127.0.0.1:{port + 1000}/metrics")).text
+    return {
+        line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{")
+    }
+
+
+async def _wait_kv_events_live(
+    port: int, replicas: list[dict[str, Any]], timeout_s: float = 60
+) -> None:
     deadline = time.monotonic() + timeout_s
     wanted = {r["replica_id"] for r in replicas}
-    async with httpx.AsyncClient(timeout=10) as client:
-        while time.monotonic() < deadline:
-            text = (
-                await client.get(
-                    f"http://127.0.0.1:{port}/metrics", headers={"x-api-key": args.key}
-                )
-            ).text
-            live = {
-                line.split('"')[1]
-                for line in text.splitlines()
-                if line.startswith("seed_serve_replica_kv_events_live{") and line.endswith(" 1.0")
-            }
-            if wanted <= live:
-                return
-            await asyncio.sleep(0.5)
+    while time.monotonic() < deadline:
+        live = await gateway_metric(port, "seed_serve_replica_kv_events_live")
+        if all(live.get(rid) == 1.0 for rid in wanted):
+            return
+        await asyncio.sleep(0.5)
     raise SystemExit("the kv_aware gateway did not follow every engine's KV-cache events in 60 s")
 
 
@@ -338,6 +347,13 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         for level in result["levels"]
         for policy, e in level["policies"].items()
     ]
+    kv_lines = [
+        f"- {level['developers']} developer(s): kv_aware routed "
+        + ", ".join(f"{int(v)} {k}" for k, v in sorted(e["kv_decisions"].items()) if v)
+        for level in result["levels"]
+        if (e := level["policies"].get("kv_aware")) and e.get("kv_decisions")
+    ]
+    kv_text = ("\n\nkv_aware's decisions:\n" + "\n".join(kv_lines) + "\n") if kv_lines else ""
     return (
         f"{result['replicas']} replicas of `{args.model}`, {args.files_per_developer} files per "
         f"developer, prefixes of {args.prefix_chars} characters, {args.duration:g} s per policy "
@@ -358,6 +374,7 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
             ],
             rows,
         )
+        + kv_text
     )
 
 

@@ -95,6 +95,9 @@ def test_routing_benchmark(tiny_stack: SeedServeProcess, tmp_path: Path) -> None
         assert entry["answers_per_s"] == round(entry["ok"] / 3, 2)
     # Round-robin spreads one developer's requests over both engines.
     assert all(q > 0 for q in policies["round_robin"]["per_replica_queries"].values())
+    # kv_aware's gateway followed both engines' events and decided every request.
+    kv = policies["kv_aware"]
+    assert sum(kv["kv_decisions"].values()) >= kv["ok"]
     p50 = {policy: e["ttft_p50_vs_round_robin"] for policy, e in policies.items()}
     assert data["winner"] == min(p50, key=lambda policy: p50[policy])
     assert (tmp_path / "routing.png").read_bytes().startswith(b"\x89PNG")
