@@ -87,3 +87,20 @@ def test_defaults_apply_when_a_key_sets_nothing(tmp_path: Path) -> None:
     config = QuotaConfig(key_defaults={"max_tokens": 64, "max_n": 2})  # type: ignore[arg-type]
     caps = Quotas(config, GatewayMetrics(), MemoryQuotaStore()).request_caps(_principal(tmp_path))
     assert (caps.max_tokens, caps.max_n) == (64, 2)
+
+
+def test_a_reloaded_keys_file_changes_the_limits_at_once(tmp_path: Path) -> None:
+    """The merged limits are kept per key only while its records are the same:
+    a reload (new records, the same key id) is read at once."""
+    path = tmp_path / "keys.yaml"
+    _, secret = create_key(path, tenant="t", name="a", limits={"max_tokens": 64})
+    quotas = Quotas(QuotaConfig(), GatewayMetrics(), MemoryQuotaStore())
+    first = KeyStore(load_keys_file(path)).authenticate(secret)
+    assert first is not None and quotas.request_caps(first).max_tokens == 64
+    assert quotas.scopes(first) is quotas.scopes(first)  # merged once
+    text = path.read_text().replace("max_tokens: 64", "max_tokens: 16")
+    assert text != path.read_text()
+    path.write_text(text)
+    reloaded = KeyStore(load_keys_file(path)).authenticate(secret)
+    assert reloaded is not None and reloaded.key.id == first.key.id
+    assert quotas.request_caps(reloaded).max_tokens == 16
