@@ -16,8 +16,9 @@ import hmac
 import os
 from typing import Any
 
-from serving.cluster.kv_events import EVENTS_PATH, KvEventRelay, since_of
-from serving.errors import AuthenticationError
+from serving.cluster.kv_events import KvEventRelay, since_of
+from serving.engine_link.replica_info import KV_EVENTS_PATH
+from serving.errors import AuthenticationError, NotFoundError
 
 TOKEN_ENV = "SEED_SERVE_ENGINE_TOKEN"
 
@@ -52,35 +53,17 @@ class EngineGuard:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            body = self._refusal
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await _send_json(send, 401, self._refusal)
             return
-        if scope["type"] == "http" and scope.get("path") == EVENTS_PATH:
+        if scope["type"] == "http" and scope.get("path") == KV_EVENTS_PATH:
             await self._relay_kv_events(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
     async def _relay_kv_events(self, scope: Scope, receive: Any, send: Any) -> None:
         if self._kv_events is None:
-            body = b'{"error":{"message":"this engine publishes no KV-cache events"}}'
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 404,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            error = NotFoundError("this engine publishes no KV-cache events")
+            await _send_json(send, 404, error.envelope_json())
             return
         await send(
             {
@@ -109,6 +92,20 @@ class EngineGuard:
             await events.aclose()
         with contextlib.suppress(Exception):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _send_json(send: Any, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _disconnected(receive: Any) -> None:

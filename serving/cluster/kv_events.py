@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 EVENTS_ENV = "SEED_SERVE_KV_EVENTS"  # JSON {"pub": endpoint, "replay": endpoint}
-EVENTS_PATH = "/seed-serve/kv-events"
 KEEPALIVE_S = 5.0  # a comment line this often: the gateway tells a dead link from a quiet one
 _END_SEQ = (-1).to_bytes(8, "big", signed=True)
 

@@ -6,6 +6,10 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# Where an engine's guard relays its KV-cache events (serving/cluster/kv_events.py)
+# and the gateway's kv_aware index reads them (serving/upstream/kv_index.py).
+KV_EVENTS_PATH = "/seed-serve/kv-events"
+
 
 class ReplicaState(str, enum.Enum):
     PENDING = "pending"  # waiting for Ray to place the actor (resources)

@@ -25,21 +25,26 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from serving.engine_link.http import EngineConnectionPool, EngineHTTPError
-from serving.engine_link.replica_info import ReplicaInfo
+from serving.engine_link.replica_info import (
+    ENGINE_UP_STATES,
+    KV_EVENTS_PATH,
+    ReplicaInfo,
+    ReplicaState,
+)
 from serving.upstream.client import EngineTransport
 from serving.upstream.sse import SSEReader, split_events
 
 logger = logging.getLogger("seed_serve.kv_index")
 
-EVENTS_PATH = "/seed-serve/kv-events"  # the engine guard's relay (serving/cluster/kv_events.py)
 _IDLE_S = 20.0  # the relay writes a keepalive every 5 s: longer silence is a dead link
 _RETRY_S = 1.0
 _STREAM_S = 86_400.0
+_FOLLOWED_STATES = ENGINE_UP_STATES - {ReplicaState.STARTING}
 
 
 def _root(lora: str | None) -> bytes:
@@ -128,7 +133,9 @@ class KvBlockIndex:
 
     # ----------------------------------------------------------------- events
 
-    def apply(self, replica_id: str, seq: int | None, batch: dict[str, Any]) -> str:
+    def apply(
+        self, replica_id: str, seq: int | None, batch: dict[str, Any]
+    ) -> Literal["ok", "restarted", "gap"]:
         """One relayed batch; returns what the feed must do: ``"ok"``,
         ``"restarted"`` (another engine process: its part was dropped) or
         ``"gap"`` (events were missed: replay from ``last_seq + 1``)."""
@@ -232,12 +239,15 @@ class KvEventFeed:
         )
         self._streams: dict[str, tuple[tuple[str, int | None], asyncio.Task[None]]] = {}
 
-    def update(self, replicas: list[ReplicaInfo], is_ready: Any = None) -> None:
-        """A registry listener: start, restart or stop streams to match."""
+    def update(
+        self, replicas: list[ReplicaInfo], is_ready: Callable[[str], bool] | None = None
+    ) -> None:
+        """A registry listener: start, restart or stop streams to match (one
+        per replica whose engine is up and past its start-up)."""
         wanted = {
             r.replica_id: r
             for r in replicas
-            if r.kv_events and r.url and r.state.value in ("ready", "unhealthy", "draining")
+            if r.kv_events and r.url and r.state in _FOLLOWED_STATES
         }
         for rid in list(self._streams):
             engine, task = self._streams[rid]
@@ -281,12 +291,12 @@ class KvEventFeed:
         """Read one connection's events; returns where the next one starts."""
         rid = replica.replica_id
         response = await self.transport.request(
-            "GET", replica.url, f"{EVENTS_PATH}?since={since}", b"", headers,
+            "GET", replica.url, f"{KV_EVENTS_PATH}?since={since}", b"", headers,
             idle_s=_IDLE_S, total_s=_STREAM_S,
         )  # fmt: skip
         try:
             if response.status != 200:
-                raise EngineHTTPError(f"{EVENTS_PATH} answered HTTP {response.status}")
+                raise EngineHTTPError(f"{KV_EVENTS_PATH} answered HTTP {response.status}")
             reader = SSEReader()
             first = True
             while True:
