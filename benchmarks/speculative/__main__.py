@@ -37,7 +37,7 @@ from benchmarks.common.report import md_table, publish, save_figure
 from benchmarks.common.stack import BenchStack
 from benchmarks.quality.__main__ import Problem, load_problems
 from benchmarks.quality.bugs import OPERATORS, inject
-from serving.cluster.engine_process import speculative_problem
+from serving.cluster.preflight import speculative_problem
 from serving.config import SpeculativeConfig
 from serving.paths import demo_model_dir
 

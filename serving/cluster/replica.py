@@ -27,7 +27,6 @@ import os
 import secrets
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 from serving.cluster.adapters import ResidentAdapters
@@ -36,18 +35,17 @@ from serving.cluster.engine_process import (
     engine_environment,
     free_port,
     spawn_engine,
-    speculative_problem,
     stop_engine,
     tail,
 )
 from serving.cluster.kv_events import KvEventSockets
+from serving.cluster.preflight import fim_problem, group_problem, model_tokenizer_json
 from serving.config import HealthConfig, ReplicaGroupConfig
 from serving.engine_link.engine_metrics import EngineLoad, parse_engine_metrics
 from serving.engine_link.http import EngineConnectionPool, EngineHTTPError
 from serving.engine_link.replica_info import ReplicaInfo, ReplicaState, adapter_load_failed
 from serving.fim_templates import fim_template
 from serving.paths import logs_dir
-from serving.tokens import TokenCounter
 
 _PROBE_TIMEOUT_S = 5.0  # start-up probes (models, chat template, FIM tokens)
 
@@ -89,11 +87,10 @@ class ReplicaActor:
         self.process: subprocess.Popen[bytes] | None = None
         self.kv_events: KvEventSockets | None = None
         self.prompt_prefix_ids: list[int] | None = None
-        # A FIM template that does not fit the tokenizer is a configuration
-        # error: known from the tokenizer file, before minutes of engine start-up.
-        problem = self._fim_problem_from_files() or speculative_problem(
-            self.group.speculative, self.group.name
-        )
+        # A FIM template that does not fit the tokenizer, a speculative method
+        # vLLM lacks: configuration errors, known from this node's files
+        # before minutes of engine start-up (`seed-serve up` checked the head's).
+        problem = group_problem(self.group)
         if problem:
             self._fail_for_good(problem)
             return
@@ -171,31 +168,6 @@ class ReplicaActor:
             return False
         return status == 200
 
-    def _fim_problem(self, counts: dict[str, int]) -> str:
-        """What is wrong with the FIM template, given how many tokens each of its
-        special tokens is in this model's tokenizer (each must be one)."""
-        problems = [f"{token!r} is {count} tokens" for token, count in counts.items() if count != 1]
-        if not problems:
-            return ""
-        return (
-            f"engine.fim_template {self.group.engine.fim_template!r} does not fit this model's "
-            "tokenizer: " + "; ".join(problems) + ". Choose the template of the model family "
-            "(or `none`)."
-        )
-
-    def _fim_problem_from_files(self) -> str:
-        """The FIM check with the model's own tokenizer.json, when it is at hand."""
-        template = fim_template(self.group.engine.fim_template)
-        if template is None:
-            return ""
-        try:
-            counter = TokenCounter(self.tokenizer_json())
-        except OSError:
-            return ""
-        if not counter.exact:
-            return ""  # no tokenizer file here: the engine's /tokenize will tell
-        return self._fim_problem({token: counter.count(token) for token in template.tokens})
-
     async def _check_fim_tokens(self) -> str:
         """The FIM check with the engine's own /tokenize."""
         template = fim_template(self.group.engine.fim_template)
@@ -212,7 +184,7 @@ class ReplicaActor:
             if status != 200:
                 raise EngineHTTPError(f"/tokenize answered HTTP {status}")
             counts[token] = len(json.loads(raw)["tokens"])
-        return self._fim_problem(counts)
+        return fim_problem(self.group.engine.fim_template, counts)
 
     async def _probe_prompt_prefix(self) -> list[int]:
         """The token ids the engine puts before every prompt (its tokenizer's
@@ -225,18 +197,7 @@ class ReplicaActor:
 
     def tokenizer_json(self) -> str | None:
         """The model's tokenizer.json (for the gateway's token budgets), if it has one."""
-        engine = self.group.engine
-        source = engine.tokenizer or engine.model
-        local = Path(source).expanduser()
-        if local.is_dir():
-            path = local / "tokenizer.json"
-            return path.read_text(encoding="utf-8") if path.is_file() else None
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            return None
-        cached = try_to_load_from_cache(source, "tokenizer.json")
-        return Path(cached).read_text(encoding="utf-8") if isinstance(cached, str) else None
+        return model_tokenizer_json(self.group.engine)
 
     async def _probe_chat_template(self) -> bool:
         """A base model without a chat template answers chat with a 400."""

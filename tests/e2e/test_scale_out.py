@@ -545,13 +545,13 @@ def test_unplaceable_replica_fails_clearly(tiny_model_dir: Path, tmp_path: Path)
     engine = config["replica_groups"][0]["engine"]
     engine.update({"device": "cuda", "tensor_parallel_size": 2, "dtype": "bfloat16"})
     engine.pop("cpu_affinity")
-    config["replica_groups"][0]["placement_timeout_s"] = 5
+    config["replica_groups"][0]["placement_timeout_s"] = 1
     process = SeedServeProcess("up", config, tmp_path)
     try:
         code = process.process.wait(timeout=180)
         log = process.log()
         assert code == 1, log[-3000:]
-        assert "replica gpu-0 could not be placed within 5s" in log
+        assert "replica gpu-0 could not be placed within 1s" in log
         assert "missing GPU (needs 2, the cluster has 0)" in log
     finally:
         process.kill_tree()
