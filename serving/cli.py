@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--tenant", required=True)
     create.add_argument("--name", required=True)
     create.add_argument("--role", choices=["user", "admin"], default="user")
+    create.add_argument("--owner", help="Whose key it is (usage is counted per owner).")
     create.add_argument("--expires", help="Expiry date (YYYY-MM-DD or ISO 8601, UTC).")
     for flag in ("rpm", "tpm", "max-concurrency", "max-tokens", "max-prompt-tokens", "max-n"):
         create.add_argument(f"--{flag}", type=int, help=f"Key limit: {flag}.")
@@ -246,7 +247,13 @@ def _keys(args: argparse.Namespace) -> int:
             if getattr(args, name) is not None
         }
         record, secret = create_key(
-            path, tenant=args.tenant, name=args.name, role=args.role, expires=expires, limits=limits
+            path,
+            tenant=args.tenant,
+            name=args.name,
+            role=args.role,
+            owner=args.owner,
+            expires=expires,
+            limits=limits,
         )
         print(secret)
         print(

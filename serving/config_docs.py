@@ -35,6 +35,7 @@ from serving.config import (
     TasksConfig,
     TelemetryConfig,
     TimeoutsConfig,
+    UsageConfig,
 )
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
@@ -56,6 +57,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("sandbox", SandboxConfig),
     ("auth", AuthConfig),
     ("audit", AuditConfig),
+    ("usage", UsageConfig),
     ("quotas", QuotaConfig),
     ("quotas.key_defaults / quotas.tenant_defaults", LimitsConfig),
     ("admission", AdmissionConfig),

@@ -9,7 +9,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from serving.admission.keys import KeysFile, KeyStore, Principal, load_keys_file
+from serving.admission.jwt_auth import FetchJson, JwtAuthenticator, fetch_json, looks_like_jwt
+from serving.admission.keys import KeysFile, KeyStore, Principal, TenantRecord, load_keys_file
 from serving.background import Periodic
 from serving.config import AuthConfig
 from serving.errors import AuthenticationError, ConfigError, PermissionDeniedError
@@ -33,7 +34,9 @@ def _in(address: str, networks: list[IPNetwork]) -> bool:
 
 
 class Authenticator:
-    def __init__(self, config: AuthConfig, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, config: AuthConfig, metrics: GatewayMetrics, *, fetch: FetchJson = fetch_json
+    ) -> None:
         self.config = config
         self.metrics = metrics
         self.path = Path(config.keys_file).expanduser()
@@ -42,6 +45,11 @@ class Authenticator:
         self._tenant_networks: dict[str, list[IPNetwork]] = {}
         self._signature: tuple[int, int, int] | None = None
         self.store = KeyStore(load_keys_file(self.path) if config.enabled else KeysFile())
+        self.jwt = (
+            JwtAuthenticator(config.oidc, tenants=self._tenant_record, fetch=fetch)
+            if config.oidc is not None
+            else None
+        )
         self._index_networks()
         self._signature = self._file_signature()
         self._watch = Periodic(
@@ -60,6 +68,9 @@ class Authenticator:
         except OSError:
             return None
         return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+    def _tenant_record(self, tenant: str) -> TenantRecord:
+        return self.store.file.tenants.get(tenant) or TenantRecord()
 
     def _index_networks(self) -> None:
         self._tenant_networks = {
@@ -128,6 +139,22 @@ class Authenticator:
             raise AuthenticationError(
                 "Incorrect, expired or revoked API key.", code="invalid_api_key"
             )
+        self._check_principal_networks(principal, client_ip)
+        return principal
+
+    def takes_jwt(self, credential: str | None) -> bool:
+        """Whether ``credential`` is for the identity provider's JWT check."""
+        return self.jwt is not None and credential is not None and looks_like_jwt(credential)
+
+    async def authenticate_jwt(self, token: str, client_ip: str) -> Principal:
+        """A bearer JWT of the identity provider (auth.oidc), its tenant's
+        allow-list applied like a key's."""
+        assert self.jwt is not None
+        principal = await self.jwt.authenticate(token)
+        self._check_principal_networks(principal, client_ip)
+        return principal
+
+    def _check_principal_networks(self, principal: Principal, client_ip: str) -> None:
         networks = self._tenant_networks.get(principal.tenant_name, [])
         key_networks = _networks(principal.key.allowed_cidrs) if principal.key.allowed_cidrs else []
         for allowed in (networks, key_networks):
@@ -135,7 +162,6 @@ class Authenticator:
                 raise PermissionDeniedError(
                     f"This key may not be used from {client_ip}.", code="ip_not_allowed"
                 )
-        return principal
 
     @staticmethod
     def credential(headers: dict[bytes, bytes]) -> str | None:

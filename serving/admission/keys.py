@@ -8,13 +8,16 @@ random, so a fast hash is enough (nothing to brute-force).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import hmac
 import os
 import re
 import secrets
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +58,9 @@ class KeyRecord(LimitsConfig):
     sha256: str = Field(pattern=r"^[a-f0-9]{64}$")
     tenant: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     name: str = Field(min_length=1, max_length=128)
+    # Whose key it is (a person's sign-in name, or a service): usage records
+    # count per owner; keys without one count under their name.
+    owner: str | None = Field(default=None, min_length=1, max_length=256)
     role: Role = "user"
     created: dt.datetime
     expires: dt.datetime | None = None
@@ -82,6 +88,11 @@ class Principal:
     key: KeyRecord
     tenant_name: str
     tenant: TenantRecord
+
+    @property
+    def user(self) -> str:
+        """Who usage is counted for: the key's owner, else its name."""
+        return self.key.owner or self.key.name
 
 
 def digest(secret: str) -> str:
@@ -125,16 +136,44 @@ def save_keys_file(path: Path, keys: KeysFile) -> None:
         raise
 
 
+@contextlib.contextmanager
+def _editing(path: Path) -> Iterator[None]:
+    """One writer of the keys file at a time (the CLI, and gateways creating
+    self-service keys): an exclusive lock on a file beside it around every
+    read-modify-write, so no edit is lost to a concurrent one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def create_key(
     path: Path,
     *,
     tenant: str,
     name: str,
     role: Role = "user",
+    owner: str | None = None,
     expires: dt.datetime | None = None,
     limits: dict[str, Any] | None = None,
 ) -> tuple[KeyRecord, str]:
     """Add a key to the file; return its record and the secret (shown once)."""
+    with _editing(path):
+        return _create_key(path, tenant, name, role, owner, expires, limits or {})
+
+
+def _create_key(
+    path: Path,
+    tenant: str,
+    name: str,
+    role: Role,
+    owner: str | None,
+    expires: dt.datetime | None,
+    limits: dict[str, Any],
+) -> tuple[KeyRecord, str]:
     keys = load_keys_file(path)
     key_id, secret = new_secret()
     record = KeyRecord(
@@ -142,10 +181,11 @@ def create_key(
         sha256=digest(secret),
         tenant=tenant,
         name=name,
+        owner=owner,
         role=role,
         created=dt.datetime.now(dt.UTC).replace(microsecond=0),
         expires=expires,
-        **(limits or {}),
+        **limits,
     )
     keys.keys.append(record)
     keys.tenants.setdefault(tenant, TenantRecord())
@@ -156,6 +196,11 @@ def create_key(
 def update_tenant(path: Path, tenant: str, **changes: Any) -> TenantRecord:
     """Set fields of a tenant's record (limits, ``adapter``, ``training_data``;
     None clears one). Gateways pick the change up with the keys file."""
+    with _editing(path):
+        return _update_tenant(path, tenant, changes)
+
+
+def _update_tenant(path: Path, tenant: str, changes: dict[str, Any]) -> TenantRecord:
     keys = load_keys_file(path)
     current = keys.tenants.get(tenant, TenantRecord())
     values = {**current.model_dump(exclude_none=True), **changes}
@@ -171,12 +216,13 @@ def update_tenant(path: Path, tenant: str, **changes: Any) -> TenantRecord:
 
 
 def revoke_key(path: Path, key_id: str) -> KeyRecord:
-    keys = load_keys_file(path)
-    for record in keys.keys:
-        if record.id == key_id:
-            record.revoked = True
-            save_keys_file(path, keys)
-            return record
+    with _editing(path):
+        keys = load_keys_file(path)
+        for record in keys.keys:
+            if record.id == key_id:
+                record.revoked = True
+                save_keys_file(path, keys)
+                return record
     raise ConfigError("key", f"no key with id {key_id!r} in {path}")
 
 

@@ -29,6 +29,7 @@ from serving.api.state import GatewayState
 from serving.api.status import StatusServing
 from serving.api.suggestion_events import SuggestionEvents
 from serving.api.tabby import TabbyServing
+from serving.api.usage import UsageServing
 from serving.background import Periodic
 from serving.config import (
     KvAwareRouting,
@@ -40,6 +41,7 @@ from serving.config import (
 from serving.observability.audit import AuditLog
 from serving.observability.metrics import GatewayMetrics
 from serving.observability.suggestions import build_suggestion_store
+from serving.observability.usage import UsageRecorder, build_usage_backend
 from serving.sandbox import Sandbox, SandboxResult
 from serving.tasks.completion import CodeCompleter
 from serving.upstream.adapters import AdapterAwareRouter, AdapterPlacement
@@ -69,6 +71,15 @@ def build_app(
     auth = Authenticator(config.auth, metrics)
     quotas = Quotas(config.quotas, metrics)
     audit = AuditLog(config.audit)
+    usage = (
+        UsageRecorder(
+            build_usage_backend(config.usage),
+            flush_interval_s=config.usage.flush_interval_s,
+            retention_days=config.usage.retention_days,
+        )
+        if config.usage.enabled
+        else None
+    )
     store = build_suggestion_store(config.telemetry) if config.telemetry.enabled else None
     team_data = TeamDataStore(
         config.adapters.data_dir, retention_days=config.adapters.retention_days
@@ -146,6 +157,7 @@ def build_app(
             events,
             status,
             AdminServing(registry, config),
+            UsageServing(usage),
             OpenAPIServing(declared, title="Seed Serve", version=__version__),
         ],
     )
@@ -163,6 +175,7 @@ def build_app(
         if isinstance(routing, SessionRouting)
         else "x-seed-serve-session",
         training_data=config.adapters.training_data,
+        usage=usage,
     )
 
     async def startup() -> None:
@@ -172,6 +185,8 @@ def build_app(
         await models.reload()  # adapters known before the first request
         await models.start()
         retention.start()
+        if usage is not None:
+            usage.start()
         await scheduler.start()
 
     async def shutdown() -> None:
@@ -185,6 +200,8 @@ def build_app(
         await client.close()
         await quotas.close()
         await events.close()
+        if usage is not None:
+            await usage.stop()
         audit.close()
 
     app = GatewayApp(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ValidationError
 
@@ -78,5 +79,19 @@ def parse_request(model: type[M], body: bytes, content_type: bytes | None) -> M:
         raise BadRequestError(_NOT_AN_OBJECT)
     try:
         return model.model_validate(data, from_attributes=True)
+    except ValidationError as exc:
+        raise invalid_body(exc.errors(include_url=False)) from None
+
+
+def parse_query(model: type[M], query_string: bytes) -> M:
+    """A GET route's query parameters as ``model`` (each given at most once),
+    or a BadRequestError naming the parameter."""
+    values: dict[str, str] = {}
+    for name, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
+        if name in values:
+            raise BadRequestError(f"The query parameter `{name}` is given twice.", param=name)
+        values[name] = value
+    try:
+        return model.model_validate(values)
     except ValidationError as exc:
         raise invalid_body(exc.errors(include_url=False)) from None

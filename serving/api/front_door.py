@@ -37,6 +37,7 @@ from serving.errors import (
 from serving.observability.audit import AuditLog
 from serving.observability.logs import request_id_var
 from serving.observability.metrics import GatewayMetrics
+from serving.observability.usage import UsageRecorder
 from serving.request_context import RequestContext
 
 logger = logging.getLogger("seed_serve.api")
@@ -64,6 +65,7 @@ class FrontDoor:
         auth_enabled: bool = True,
         session_header: str = "x-seed-serve-session",
         training_data: str = "off",
+        usage: UsageRecorder | None = None,
     ) -> None:
         self.routes = routes
         self.training_data = training_data  # tenants' default (adapters.training_data)
@@ -74,6 +76,7 @@ class FrontDoor:
         self.metrics = metrics
         self.state = state
         self.events = events
+        self.usage = usage
         self.auth_enabled = auth_enabled
         self.session_header = session_header.encode()
 
@@ -134,9 +137,12 @@ class FrontDoor:
                 if access is not Access.OPEN:
                     self.auth.check_network(ctx.client_ip)
                     if self.auth_enabled:
-                        principal = self.auth.authenticate(
-                            self.auth.credential(headers), ctx.client_ip
-                        )
+                        credential = self.auth.credential(headers)
+                        if self.auth.takes_jwt(credential):
+                            assert credential is not None
+                            principal = await self.auth.authenticate_jwt(credential, ctx.client_ip)
+                        else:
+                            principal = self.auth.authenticate(credential, ctx.client_ip)
                         ctx.key_id = principal.key.id
                         ctx.tenant = principal.tenant_name
                         ctx.default_adapter = principal.tenant.adapter
@@ -208,6 +214,15 @@ class FrontDoor:
             logger.exception("quota accounting failed for %s", ctx.request_id)
         if route is not None and route.task is not None:
             self._observe(ctx)
+            if self.usage is not None and principal is not None:
+                self.usage.record(
+                    tenant=principal.tenant_name,
+                    user=principal.user,
+                    task=ctx.task,
+                    status=ctx.status,
+                    prompt_tokens=ctx.prompt_tokens,
+                    completion_tokens=ctx.completion_tokens,
+                )
         self._log(ctx, quiet=route is not None and route.quiet)
         if self.audit.enabled:
             self.audit.write(self._audit_record(ctx))

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from serving.api.bodies import parse_request, read_body
+from serving.api.bodies import parse_query, parse_request, read_body
 from serving.api.dialects import OPENAI
 from serving.api.disconnect import ClientDisconnected, unless_disconnected
 from serving.api.front_door import FrontDoor
@@ -123,6 +123,8 @@ class GatewayApp:
                 )
             raise NotFoundError(self.routes.unknown_route_message())
         route = endpoint.route
+        if route.query is not None:
+            return endpoint.call(parse_query(route.query, scope.get("query_string", b"")), ctx)
         if route.request is None:
             return endpoint.call(ctx)
         body = await read_body(receive, self.max_request_bytes)

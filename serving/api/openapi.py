@@ -67,6 +67,8 @@ def openapi_document(routes: Iterable[Route], *, title: str, version: str) -> di
         }
         if route.access is not Access.OPEN:
             operation["security"] = [{"apiKey": []}]
+        if route.query is not None:
+            operation["parameters"] = _query_parameters(route.query)
         if route.request is not None:
             operation["requestBody"] = {
                 "required": True,
@@ -88,6 +90,22 @@ def openapi_document(routes: Iterable[Route], *, title: str, version: str) -> di
             },
         },
     }
+
+
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """A query model's fields as OpenAPI parameters (each its own schema)."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", []))
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in required,
+            "description": field.get("description", ""),
+            "schema": {k: v for k, v in field.items() if k not in ("description", "title")},
+        }
+        for name, field in schema.get("properties", {}).items()
+    ]
 
 
 class OpenAPIServing:

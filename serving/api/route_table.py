@@ -29,7 +29,7 @@ class Access(enum.Enum):
 
 # A serving call: a method of one of the serving classes, bound to the app's
 # instance when the table is built; called (request model, ctx) for routes
-# with a body, (ctx) without. It returns an answer (serving.api.responses) or
+# with a body or query model, (ctx) without. It returns an answer (serving.api.responses) or
 # a pydantic model (200 JSON).
 ServeCall = Callable[..., Awaitable[Any]]
 
@@ -42,6 +42,7 @@ class Route:
     summary: str
     access: Access = Access.KEY
     request: type[BaseModel] | None = None  # the JSON body's model
+    query: type[BaseModel] | None = None  # a GET route's query parameters' model
     response: type[BaseModel] | None = None  # the 200 answer's model (OpenAPI)
     task: str | None = None  # a model task: metered, labelled, queued in `lane`
     lane: Lane = "completion"

@@ -53,6 +53,7 @@ from serving.api.tabby import (
     TabbyServerSetting,
     TabbyServing,
 )
+from serving.api.usage import UsageParams, UsageServing
 
 _INVALID = (400, 401, 403, 404, 413, 429)
 _MODEL_ERRORS = (*_INVALID, 500, 502, 503)
@@ -145,6 +146,10 @@ GATEWAY_ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/admin/replicas", AdminServing.scale,
           "Add or remove replicas of a group without a restart (removal drains first).",
           access=Access.ADMIN, request=ScaleRequest, errors=(400, 401, 403)),
+    Route("GET", "/v1/admin/usage", UsageServing.admin_usage,
+          "Usage per day, tenant, user (key owner) and task: requests, tokens, errors, 429s "
+          "(JSON, or CSV with `format=csv`).", access=Access.ADMIN, query=UsageParams,
+          errors=(400, 401, 403, 503)),
     Route("GET", "/v1/admin/adapters", AdminServing.adapters,
           "Team adapters: registered, whose default, loaded where.",
           access=Access.ADMIN, errors=(401, 403)),

@@ -16,7 +16,10 @@ from serving.config._admission import (
     AuthConfig,
     Lane,
     LimitsConfig,
+    OidcConfig,
     QuotaConfig,
+    TenantMapping,
+    UsageConfig,
     check_cidrs,
 )
 from serving.config._engines import (
@@ -60,6 +63,7 @@ __all__ = [
     "LeastLoadedRouting",
     "LimitsConfig",
     "LoraConfig",
+    "OidcConfig",
     "PrefixAffinityRouting",
     "QuotaConfig",
     "RayConfig",
@@ -72,7 +76,9 @@ __all__ = [
     "SpeculativeConfig",
     "TasksConfig",
     "TelemetryConfig",
+    "TenantMapping",
     "TimeoutsConfig",
+    "UsageConfig",
     "check_cidrs",
     "dump_config",
     "load_config",

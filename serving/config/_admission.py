@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal, get_args
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from serving.config._base import Strict
 from serving.paths import seed_serve_home
@@ -24,6 +24,78 @@ def check_cidrs(values: list[str]) -> list[str]:
         except ValueError:
             raise ValueError(f"{value!r} is not an IP network (CIDR)") from None
     return values
+
+
+class TenantMapping(Strict):
+    """Members of an identity-provider group belong to a tenant."""
+
+    group: str = Field(min_length=1, max_length=256, description="A value of the groups claim.")
+    tenant: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="The tenant its members belong to."
+    )
+
+
+JwtAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
+
+
+def _default_algorithms() -> list[JwtAlgorithm]:
+    return ["RS256", "ES256"]
+
+
+class OidcConfig(Strict):
+    """The company's OpenID Connect identity provider: its signed JWTs are
+    accepted as bearer tokens (CI jobs, service accounts), their groups mapped
+    to tenants and roles."""
+
+    issuer: str = Field(
+        pattern=r"^https?://[^\s]+$",
+        description="The issuer URL; its /.well-known/openid-configuration names the JWKS.",
+    )
+    client_id: str = Field(min_length=1, description="This server's client id at the provider.")
+    client_secret_file: str | None = Field(
+        default=None,
+        description="A file holding the client secret (a mounted Secret; never in the config).",
+    )
+    audiences: list[str] = Field(
+        default_factory=list,
+        description="Accepted `aud` values of bearer JWTs (empty: the client id).",
+    )
+    groups_claim: str = Field(
+        default="groups", min_length=1, description="The claim listing the user's groups."
+    )
+    user_claims: list[str] = Field(
+        default_factory=lambda: ["email", "preferred_username", "sub"],
+        min_length=1,
+        description="Claims naming the user, first present wins (usage is counted per user).",
+    )
+    tenants: list[TenantMapping] = Field(
+        default_factory=list,
+        description="Group to tenant, first match wins; a user in no mapped group is refused.",
+    )
+    admin_groups: list[str] = Field(
+        default_factory=list, description="Members of these groups are admins."
+    )
+    algorithms: list[JwtAlgorithm] = Field(
+        default_factory=_default_algorithms,
+        min_length=1,
+        description="Signature algorithms accepted (never `none`, never HMAC).",
+    )
+    leeway_s: float = Field(
+        default=30.0, ge=0, le=300, description="Clock skew allowed on exp, nbf and iat."
+    )
+    jwks_refresh_s: float = Field(
+        default=3600.0, gt=0, le=86_400, description="How long fetched signing keys are kept."
+    )
+    jwks_min_refetch_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="A token signed by an unknown key refetches the keys (rotation), at most "
+        "this often.",
+    )
+
+    def accepted_audiences(self) -> list[str]:
+        return self.audiences or [self.client_id]
 
 
 class AuthConfig(Strict):
@@ -52,6 +124,10 @@ class AuthConfig(Strict):
         default_factory=list,
         description="Proxies whose X-Forwarded-For is believed (empty: the header is ignored).",
     )
+    oidc: OidcConfig | None = Field(
+        default=None,
+        description="The company's identity provider (null: API keys only).",
+    )
 
     _check = field_validator("allowed_cidrs", "trusted_proxies")(check_cidrs)
 
@@ -72,6 +148,40 @@ class AuditConfig(Strict):
         default="off",
         description="Prompt/completion text in the log: off, a SHA-256 hash, or the text itself.",
     )
+
+
+class UsageConfig(Strict):
+    """Usage records for chargeback: requests, tokens, errors and 429s per day,
+    tenant, user (the key's owner) and task."""
+
+    enabled: bool = Field(default=True, description="Keep usage records.")
+    backend: Literal["sqlite", "redis"] = Field(
+        default="sqlite",
+        description="sqlite: an embedded file (one gateway, or several on one host); redis: "
+        "shared by gateways on several hosts (SQLite's locks are not safe on network volumes).",
+    )
+    sqlite_file: str = Field(
+        default_factory=lambda: str(seed_serve_home() / "usage.sqlite3"),
+        min_length=1,
+        description="The SQLite file of backend sqlite.",
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis URL of backend redis (redis://host:6379/0)."
+    )
+    flush_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="How often counts kept in memory are added to the store (off the request "
+        "path; what is not yet flushed is still answered by queries).",
+    )
+    retention_days: int = Field(default=400, ge=1, le=36_500, description="Days of records kept.")
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> UsageConfig:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("backend redis needs redis_url")
+        return self
 
 
 class LimitsConfig(Strict):

@@ -11,6 +11,7 @@ from serving.config._admission import (
     AuditConfig,
     AuthConfig,
     QuotaConfig,
+    UsageConfig,
 )
 from serving.config._base import Strict
 from serving.config._engines import RayConfig, ReplicaGroupConfig
@@ -42,6 +43,9 @@ class ServingConfig(Strict):
     )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys, allow-lists.")
     audit: AuditConfig = Field(default_factory=AuditConfig, description="The audit log.")
+    usage: UsageConfig = Field(
+        default_factory=UsageConfig, description="Usage records per day, tenant, user and task."
+    )
     quotas: QuotaConfig = Field(default_factory=QuotaConfig, description="Rate limits.")
     admission: AdmissionConfig = Field(
         default_factory=AdmissionConfig, description="Admission queue, lanes, fairness."

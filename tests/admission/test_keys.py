@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import stat
 from pathlib import Path
 
@@ -114,3 +115,27 @@ def test_reload_swaps_keys_and_keeps_the_last_good_file(tmp_path: Path) -> None:
         if s.name == "seed_serve_keys_reloads_total"
     }
     assert samples == {"ok": 1.0, "rejected": 1.0}
+
+
+def _create_many(path: str, tenant: str, count: int) -> None:
+    for index in range(count):
+        create_key(Path(path), tenant=tenant, name=f"k{index}", owner=f"{tenant}@corp")
+
+
+def test_concurrent_writers_lose_no_key(tmp_path: Path) -> None:
+    """The CLI and gateways creating self-service keys edit one file: each
+    read-modify-write holds the file's lock, so none overwrites another's key."""
+    path = tmp_path / "keys.yaml"
+    context = multiprocessing.get_context("fork")
+    writers = [
+        context.Process(target=_create_many, args=(str(path), f"t{n}", 15)) for n in range(3)
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+        assert writer.exitcode == 0
+    keys = load_keys_file(path)
+    assert len(keys.keys) == 45 and len({k.id for k in keys.keys}) == 45
+    assert set(keys.tenants) == {"t0", "t1", "t2"}
+    assert {k.owner for k in keys.keys} == {"t0@corp", "t1@corp", "t2@corp"}

@@ -62,6 +62,7 @@ async def call(
     if json_body is not None:
         body = json.dumps(json_body).encode()
     data = body or b""
+    path, _, query = path.partition("?")
     raw_headers = [(b"host", b"gateway")]
     if json_body is not None:
         raw_headers.append((b"content-type", b"application/json"))
@@ -75,7 +76,7 @@ async def call(
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query.encode(),
         "root_path": "",
         "headers": raw_headers,
         "client": client,
@@ -140,6 +141,10 @@ def scripted_config(tmp_path: Path | None = None, **sections: Any) -> ServingCon
             "data_dir": str(home / "team-data"),
         },
         "audit": {"file": None},
+        # Usage records in the test's folder (none without one).
+        "usage": {"sqlite_file": str(home / "usage.sqlite3")}
+        if tmp_path is not None
+        else {"enabled": False},
         "admission": {"stats_interval_s": 0.05},
         "timeouts": {"first_token_s": 5, "idle_s": 5, "total_s": 30, "retries": 2},
         "replica_groups": [

@@ -228,9 +228,12 @@ def test_keys_file_hot_reload(
             check=True,
         )
 
-    created = cli("create", "--tenant", "team", "--name", "second", "--rpm", "100")
+    created = cli(
+        "create", "--tenant", "team", "--name", "second", "--rpm", "100", "--owner", "ana@corp"
+    )
     second = created.stdout.strip()
     assert second.startswith("sk-seed-") and second not in keys_file.read_text()
+    assert next(r.owner for r in load_keys_file(keys_file).keys if r.name == "second") == "ana@corp"
     listing = cli("list").stdout
     assert "second" in listing and "sk-seed-" not in listing
 

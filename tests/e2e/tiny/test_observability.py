@@ -65,7 +65,14 @@ def gateways(
     metrics_port = free_port()
     with redis_server(workdir) as (redis_port, _):
         telemetry = {"backend": "redis", "redis_url": f"redis://127.0.0.1:{redis_port}/0"}
-        common: dict[str, Any] = {"auth": {"keys_file": str(keys_file)}, "telemetry": telemetry}
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        # Usage records shared the way gateways on several hosts share them.
+        usage = {"backend": "redis", "redis_url": redis_url, "flush_interval_s": 0.5}
+        common: dict[str, Any] = {
+            "auth": {"keys_file": str(keys_file)},
+            "telemetry": telemetry,
+            "usage": usage,
+        }
         a = JoinedGateway(
             tiny_stack,
             workdir / "a",
@@ -217,6 +224,68 @@ def test_counters_move_by_exactly_the_traffic(gateways: Gateways) -> None:
     # The 5 ms bucket exists: buckets are fine-grained for code completion.
     assert ("seed_serve_time_to_first_token_seconds_bucket",
             frozenset({**timing, "le": "0.005"}.items())) in after  # fmt: skip
+
+
+def usage_rows(gateway: SeedServeProcess, admin: str, **params: str) -> list[dict[str, Any]]:
+    response = httpx.get(
+        gateway.base_url + "/v1/admin/usage", params=params, headers={"x-api-key": admin}
+    )
+    assert response.status_code == 200, response.text
+    return list(response.json()["data"])
+
+
+def usage_of(rows: list[dict[str, Any]], tenant: str, task: str) -> tuple[int, int, int]:
+    """(requests, completion tokens, errors) of ``tenant``'s ``task`` today."""
+    found = [r for r in rows if r["tenant"] == tenant and r["task"] == task]
+    return (
+        sum(r["requests"] for r in found),
+        sum(r["completion_tokens"] for r in found),
+        sum(r["errors"] for r in found),
+    )
+
+
+def test_usage_records_from_every_gateway_for_chargeback(gateways: Gateways) -> None:
+    """Requests through either gateway reach the shared usage records, which
+    either gateway answers, as JSON and as CSV; developers' keys may not read them."""
+    before = usage_rows(gateways.b, gateways.admin)
+    client = openai.OpenAI(
+        base_url=gateways.a.base_url + "/v1", api_key=gateways.alpha, max_retries=0
+    )
+    answers = [
+        client.completions.create(model=TINY_MODEL, prompt="def f(x):", max_tokens=3)
+        for _ in range(2)
+    ]
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=TINY_MODEL, prompt="x", max_tokens=-1)
+    coded = code_completion(gateways.b, gateways.beta)
+    assert coded.status_code == 200, coded.text
+    tokens = sum(a.usage.completion_tokens for a in answers if a.usage is not None)
+    expected_alpha = tuple(
+        x + y for x, y in zip(usage_of(before, "alpha", "completion"), (3, tokens, 1), strict=True)
+    )
+    expected_beta = usage_of(before, "beta", "code_completion")[0] + 1
+    deadline = time.monotonic() + 60
+    while True:  # each gateway adds its counts to Redis every 0.5 s
+        rows = usage_rows(gateways.b, gateways.admin)
+        seen = (usage_of(rows, "alpha", "completion"), usage_of(rows, "beta", "code_completion"))
+        if seen[0] == expected_alpha and seen[1][0] == expected_beta:
+            break
+        assert time.monotonic() < deadline, (seen, expected_alpha, expected_beta)
+        time.sleep(0.5)
+    assert all(r["user"] == "dev" for r in rows if r["tenant"] in ("alpha", "beta"))
+    csv_answer = httpx.get(
+        gateways.a.base_url + "/v1/admin/usage",
+        params={"format": "csv", "tenant": "beta"},
+        headers={"x-api-key": gateways.admin},
+    )
+    assert csv_answer.status_code == 200, csv_answer.text
+    lines = csv_answer.text.splitlines()
+    assert lines[0].startswith("day,tenant,user,task,requests,") and len(lines) >= 2
+    assert all(line.split(",")[1] == "beta" for line in lines[1:])
+    refused = httpx.get(
+        gateways.a.base_url + "/v1/admin/usage", headers={"x-api-key": gateways.alpha}
+    )
+    assert refused.status_code == 403
 
 
 def test_labels_stay_bounded(gateways: Gateways) -> None:

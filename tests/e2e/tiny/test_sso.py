@@ -1,0 +1,164 @@
+"""The company's identity provider, for real: a local OpenID Connect provider
+(oidc-provider-mock, its own HTTP server) issues ID tokens through the
+authorization-code flow; a gateway joined to the tiny stack accepts them as
+bearer tokens from the `openai` SDK, maps their groups to tenants, counts
+usage per user, and refuses misdirected and forged tokens with clear 401s.
+Every check the verifier makes, with keys the test holds (expiry, rotation):
+tests/admission/test_jwt_auth.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+import openai
+import pytest
+from oidc_provider_mock import User, run_server_in_thread
+
+from serving.admission.keys import create_key
+from tests.support.stack import TINY_MODEL, JoinedGateway, SeedServeProcess
+
+CLIENT_ID = "seed-serve"
+
+
+@dataclass
+class Provider:
+    issuer: str
+
+    def id_token(self, sub: str, *, client_id: str = CLIENT_ID) -> str:
+        """An ID token for ``sub``, as a CLI's browser-less sign-in gets one:
+        the provider's authorize form submitted, the code exchanged."""
+        with httpx.Client(base_url=self.issuer, timeout=30) as client:
+            redirect = "http://127.0.0.1:1/callback"
+            params = {
+                "client_id": client_id, "redirect_uri": redirect, "response_type": "code",
+                "scope": "openid email", "state": "s", "nonce": "n",
+            }  # fmt: skip
+            answer = client.post("/oauth2/authorize", params=params, data={"sub": sub})
+            assert answer.status_code == 302, answer.text
+            code = parse_qs(urlparse(answer.headers["location"]).query)["code"][0]
+            tokens = client.post(
+                "/oauth2/token",
+                auth=(client_id, "client-secret"),
+                data={"grant_type": "authorization_code", "code": code, "redirect_uri": redirect},
+            )
+            assert tokens.status_code == 200, tokens.text
+            return str(tokens.json()["id_token"])
+
+
+@dataclass
+class Sso:
+    provider: Provider
+    gateway: JoinedGateway
+    admin: str
+
+
+@pytest.fixture(scope="module")
+def sso(tiny_stack: SeedServeProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sso]:
+    workdir = tmp_path_factory.mktemp("sso")
+    keys_file = workdir / "keys.yaml"
+    _, admin = create_key(keys_file, tenant="ops", name="root", role="admin")
+    users = [
+        User(sub="alice", claims={"email": "alice@corp.example", "groups": ["team-a"]}),
+        User(sub="carol", claims={"email": "carol@corp.example", "groups": ["contractors"]}),
+    ]
+    with run_server_in_thread(user_claims=users) as server:
+        # The issuer is the host the provider is asked under: the same everywhere.
+        provider = Provider(f"http://localhost:{server.server_port}")
+        oidc = {
+            "issuer": provider.issuer,
+            "client_id": CLIENT_ID,
+            "tenants": [{"group": "team-a", "tenant": "team-a"}],
+            "admin_groups": ["platform"],
+        }
+        gateway = JoinedGateway(
+            tiny_stack,
+            workdir / "gateway",
+            {
+                "auth": {"keys_file": str(keys_file), "oidc": oidc},
+                "usage": {"flush_interval_s": 0.5},
+            },
+        )
+        try:
+            gateway.wait_ready(replicas=2, timeout_s=180)
+            yield Sso(provider, gateway, admin)
+        finally:
+            gateway.stop()
+            gateway.kill_tree()
+
+
+def sdk(sso: Sso, token: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=sso.gateway.base_url + "/v1", api_key=token, max_retries=0)
+
+
+def test_a_developers_id_token_works_from_the_openai_sdk_and_counts_as_theirs(sso: Sso) -> None:
+    token = sso.provider.id_token("alice")
+    answer = sdk(sso, token).completions.create(model=TINY_MODEL, prompt="def f(x):", max_tokens=3)
+    assert answer.usage is not None and answer.usage.completion_tokens > 0
+    deadline = time.monotonic() + 30
+    while True:
+        usage = httpx.get(
+            sso.gateway.base_url + "/v1/admin/usage",
+            params={"tenant": "team-a"},
+            headers={"Authorization": f"Bearer {sso.admin}"},
+        )
+        assert usage.status_code == 200, usage.text
+        rows = [r for r in usage.json()["data"] if r["user"] == "alice@corp.example"]
+        if rows:
+            break
+        assert time.monotonic() < deadline, usage.text
+        time.sleep(0.5)
+    assert rows[0]["task"] == "completion" and rows[0]["requests"] == 1
+    assert rows[0]["completion_tokens"] == answer.usage.completion_tokens
+    # A developer's token is not an admin's.
+    refused = httpx.get(
+        sso.gateway.base_url + "/v1/admin/usage", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert refused.status_code == 403
+
+
+def _b64(value: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+
+def test_misdirected_and_forged_tokens_are_refused_with_a_reason(sso: Sso) -> None:
+    def refusal(token: str) -> openai.APIStatusError:
+        with pytest.raises(openai.APIStatusError) as caught:
+            sdk(sso, token).completions.create(model=TINY_MODEL, prompt="x", max_tokens=1)
+        return caught.value
+
+    real = sso.provider.id_token("alice")
+    header, payload, signature = real.split(".")
+    cases = {
+        # Issued to another application of the same provider.
+        "another audience": sso.provider.id_token("alice", client_id="wiki"),
+        "alg 'none'": f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{payload}.",
+        # A key the provider never published (or rotated away).
+        "does not publish": f"{_b64({'alg': 'RS256', 'kid': 'gone'})}.{payload}.{signature}",
+        # Claims changed after signing: another group.
+        "signature does not verify": ".".join(
+            (header, _b64({**_claims(payload), "groups": ["platform"]}), signature)
+        ),
+    }
+    for reason, token in cases.items():
+        error = refusal(token)
+        assert error.status_code == 401, (reason, error)
+        body = error.response.json()["error"]
+        assert reason in body["message"] and body["code"] == "invalid_token", (reason, body)
+        assert token not in error.response.text  # the token is never echoed
+    # A valid token whose groups map to no tenant: known, but not let in.
+    error = refusal(sso.provider.id_token("carol"))
+    assert error.status_code == 403 and error.response.json()["error"]["code"] == "no_tenant"
+    assert "auth.oidc.tenants" in error.response.json()["error"]["message"]
+    # Tokens never reach the gateway's log.
+    assert payload not in sso.gateway.log()
+
+
+def _claims(payload: str) -> dict[str, Any]:
+    return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
