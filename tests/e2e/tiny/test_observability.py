@@ -266,8 +266,10 @@ def test_usage_records_from_every_gateway_for_chargeback(gateways: Gateways) -> 
     expected_beta = usage_of(before, "beta", "code_completion")[0] + 1
     deadline = time.monotonic() + 60
     while True:  # each gateway adds its counts to Redis every 0.5 s
+        # Each gateway answers for both: a's requests seen from b and b's from a.
         rows = usage_rows(gateways.b, gateways.admin)
-        seen = (usage_of(rows, "alpha", "completion"), usage_of(rows, "beta", "code_completion"))
+        other = usage_rows(gateways.a, gateways.admin)
+        seen = (usage_of(rows, "alpha", "completion"), usage_of(other, "beta", "code_completion"))
         if seen[0] == expected_alpha and seen[1][0] == expected_beta:
             break
         assert time.monotonic() < deadline, (seen, expected_alpha, expected_beta)
