@@ -44,8 +44,9 @@ demo-model: $(DEMO_MODEL)
 # bubblewrap, the sandbox for generated code (without it code tasks answer
 # 503), and redis-server, which the tests start for shared rate limits; for
 # the tests' real IDE clients, Node.js and npm (Tabby's agent) and curl
-# (llama.vim's transport).
-SYSTEM_TOOLS := bwrap:bubblewrap redis-server:redis-server node:nodejs npm:npm curl:curl
+# (llama.vim's transport); Chromium for the console's browser tests (driven
+# by Playwright through its executable path: no browser download).
+SYSTEM_TOOLS := bwrap:bubblewrap redis-server:redis-server node:nodejs npm:npm curl:curl chromium:chromium
 system-tools:
 	@for pair in $(SYSTEM_TOOLS); do \
 		cmd=$${pair%%:*}; pkg=$${pair##*:}; \

@@ -25,6 +25,12 @@ class RequestContext:
     started: float = field(default_factory=time.monotonic)
     key_id: str | None = None  # the caller's API key (None: auth off)
     tenant: str | None = None
+    user: str | None = None  # the key's owner (or name), the token's or session's user
+    role: str | None = None  # user or admin
+    console_sid: str | None = None  # the console session's id (console routes)
+    scheme: str = "http"
+    # The request's headers, lower-cased names (the console reads its cookies).
+    headers: dict[bytes, bytes] = field(default_factory=dict)
     model: str | None = None
     replica: str | None = None
     document: str | None = None

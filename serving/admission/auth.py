@@ -46,7 +46,7 @@ class Authenticator:
         self._signature: tuple[int, int, int] | None = None
         self.store = KeyStore(load_keys_file(self.path) if config.enabled else KeysFile())
         self.jwt = (
-            JwtAuthenticator(config.oidc, tenants=self._tenant_record, fetch=fetch)
+            JwtAuthenticator(config.oidc, tenants=self.tenant_record, fetch=fetch)
             if config.oidc is not None
             else None
         )
@@ -69,7 +69,7 @@ class Authenticator:
             return None
         return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
-    def _tenant_record(self, tenant: str) -> TenantRecord:
+    def tenant_record(self, tenant: str) -> TenantRecord:
         return self.store.file.tenants.get(tenant) or TenantRecord()
 
     def _index_networks(self) -> None:

@@ -14,18 +14,20 @@ is a 401 whose message says what was wrong, never the token.
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
-import hashlib
+import hmac
 import json
 import logging
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import jwt
 
-from serving.admission.keys import KeyRecord, Principal, TenantRecord
+from serving.admission.keys import Principal, TenantRecord, person_principal
 from serving.config import OidcConfig
 from serving.errors import AuthenticationError, PermissionDeniedError
 
@@ -69,6 +71,7 @@ class SigningKeys:
         self._fetch = fetch
         self._clock = clock
         self._keys: dict[str | None, jwt.PyJWK] = {}
+        self.discovery: dict[str, Any] = {}
         self._fetched_at: float | None = None
         self._lock = asyncio.Lock()
         self.fetches = 0
@@ -87,6 +90,17 @@ class SigningKeys:
             raise _refused(f"Bearer token signed by a key the issuer does not publish ({named}).")
         return found
 
+    async def endpoint(self, name: str) -> str:
+        """An endpoint the discovery document names (authorization_endpoint, ...)."""
+        if not self.discovery:
+            await self._refresh(self._clock())
+        value = self.discovery.get(name)
+        if not isinstance(value, str):
+            raise AuthenticationError(
+                f"The identity provider names no {name}.", code="idp_unavailable"
+            )
+        return value
+
     def _may_refetch(self, now: float) -> bool:
         return self._fetched_at is None or now - self._fetched_at >= self.config.jwks_min_refetch_s
 
@@ -99,6 +113,7 @@ class SigningKeys:
                     self.config.issuer.rstrip("/") + "/.well-known/openid-configuration"
                 )
                 jwks = await self._fetch(str(discovery["jwks_uri"]))
+                self.discovery = dict(discovery)
                 keys: dict[str | None, jwt.PyJWK] = {}
                 for entry in jwks.get("keys", []):
                     try:
@@ -147,7 +162,7 @@ class JwtAuthenticator:
         self._cache[token] = (float(claims["exp"]) + self.config.leeway_s, principal)
         return principal
 
-    async def verify(self, token: str) -> dict[str, Any]:
+    async def verify(self, token: str, audiences: list[str] | None = None) -> dict[str, Any]:
         """The token's claims, if it is valid; else AuthenticationError saying why."""
         try:
             header = jwt.get_unverified_header(token)
@@ -160,7 +175,7 @@ class JwtAuthenticator:
                 f"accept (allowed: {', '.join(self.config.algorithms)})."
             )
         key = await self.keys.key(header.get("kid"))
-        audiences = self.config.accepted_audiences()
+        audiences = audiences or self.config.accepted_audiences()
         try:
             return dict(
                 jwt.decode(
@@ -192,6 +207,12 @@ class JwtAuthenticator:
         except jwt.InvalidTokenError as exc:
             raise _refused(f"Invalid bearer token: {exc}.") from None
 
+    def identity(self, claims: dict[str, Any]) -> tuple[str, str, Literal["user", "admin"]]:
+        """(user, tenant, role) of verified claims; 403 if no group maps to a tenant."""
+        principal = self._principal(claims)
+        assert principal.key.owner is not None
+        return principal.key.owner, principal.tenant_name, principal.key.role
+
     def _principal(self, claims: dict[str, Any]) -> Principal:
         groups = claims.get(self.config.groups_claim) or []
         if isinstance(groups, str):
@@ -207,21 +228,113 @@ class JwtAuthenticator:
         user = next(
             (str(claims[c]) for c in self.config.user_claims if claims.get(c)), str(claims["sub"])
         )
-        subject = f"{claims['iss']}\0{claims['sub']}".encode()
-        record = KeyRecord.model_construct(
-            id=hashlib.sha256(subject).hexdigest()[:12],
-            sha256="0" * 64,  # never matches a presented API key
+        return person_principal(
+            subject=f"{claims['iss']}\0{claims['sub']}",
+            user=user,
             tenant=tenant,
-            name=f"sso:{user}"[:128],
-            owner=user[:256],
             role="admin" if groups & set(self.config.admin_groups) else "user",
+            tenant_record=self.tenants(tenant),
             created=dt.datetime.fromtimestamp(float(claims["iat"]), dt.UTC),
             expires=dt.datetime.fromtimestamp(float(claims["exp"]), dt.UTC),
-            revoked=False,
-            allowed_cidrs=[],
-            **{name: None for name in _LIMIT_FIELDS},
+            via="sso",
         )
-        return Principal(key=record, tenant_name=tenant, tenant=self.tenants(tenant))
 
 
-_LIMIT_FIELDS = ("rpm", "tpm", "max_concurrency", "max_tokens", "max_prompt_tokens", "max_n")
+class OidcSignIn:
+    """The console's sign-in: authorization code with PKCE (S256) and a nonce,
+    the code exchanged with the client secret, the ID token verified."""
+
+    def __init__(
+        self,
+        config: OidcConfig,
+        verifier: JwtAuthenticator,
+        post_form: PostForm | None = None,
+    ) -> None:
+        self.config = config
+        self.verifier = verifier
+        self._post_form = post_form or post_form_json
+
+    def client_secret(self) -> str:
+        path = self.config.client_secret_file
+        if not path:
+            raise AuthenticationError(
+                "SSO sign-in needs auth.oidc.client_secret_file.", code="sso_not_configured"
+            )
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+
+    async def authorize_url(
+        self, *, redirect_uri: str, state: str, challenge: str, nonce: str
+    ) -> str:
+        endpoint = await self.verifier.keys.endpoint("authorization_endpoint")
+        query = urllib.parse.urlencode(
+            {
+                "response_type": "code",
+                "client_id": self.config.client_id,
+                "redirect_uri": redirect_uri,
+                "scope": "openid email profile",
+                "state": state,
+                "nonce": nonce,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+            }
+        )
+        return f"{endpoint}{'&' if '?' in endpoint else '?'}{query}"
+
+    async def finish(
+        self, *, code: str, code_verifier: str, nonce: str, redirect_uri: str
+    ) -> tuple[str, str, Literal["user", "admin"]]:
+        """(user, tenant, role) of the person who signed in."""
+        endpoint = await self.verifier.keys.endpoint("token_endpoint")
+        try:
+            tokens = await self._post_form(
+                endpoint,
+                {
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "redirect_uri": redirect_uri,
+                    "code_verifier": code_verifier,
+                },
+                (self.config.client_id, self.client_secret()),
+            )
+        except Exception as exc:
+            logger.error("SSO code exchange with %s failed: %s", endpoint, exc)
+            raise AuthenticationError(
+                "The identity provider did not accept the sign-in; sign in again.",
+                code="sso_failed",
+            ) from None
+        id_token = tokens.get("id_token") if isinstance(tokens, dict) else None
+        if not isinstance(id_token, str):
+            raise AuthenticationError("The identity provider sent no ID token.", code="sso_failed")
+        claims = await self.verifier.verify(id_token, audiences=[self.config.client_id])
+        if not hmac.compare_digest(str(claims.get("nonce", "")), nonce):
+            raise AuthenticationError("The sign-in's nonce does not match.", code="sso_failed")
+        return self.verifier.identity(claims)
+
+
+PostForm = Callable[[str, dict[str, str], tuple[str, str]], Awaitable[Any]]
+
+
+async def post_form_json(url: str, form: dict[str, str], basic: tuple[str, str]) -> Any:
+    """POST a form with HTTP Basic client authentication; the JSON answer."""
+    if not url.startswith(("https://", "http://")):
+        raise ValueError(f"not an HTTP(S) URL: {url!r}")
+    user = urllib.parse.quote(basic[0], safe="")
+    password = urllib.parse.quote(basic[1], safe="")
+    credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def post() -> Any:
+        request = urllib.request.Request(
+            url,
+            data=urllib.parse.urlencode(form).encode(),
+            headers={
+                "Accept": "application/json",
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Authorization": f"Basic {credentials}",
+            },
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=_FETCH_TIMEOUT_S) as response:
+            return json.loads(response.read())
+
+    return await asyncio.to_thread(post)

@@ -95,6 +95,40 @@ class Principal:
         return self.key.owner or self.key.name
 
 
+_LIMIT_FIELDS = tuple(LimitsConfig.model_fields)
+
+
+def person_principal(
+    *,
+    subject: str,
+    user: str,
+    tenant: str,
+    role: Role,
+    tenant_record: TenantRecord,
+    created: dt.datetime,
+    expires: dt.datetime,
+    via: str,
+) -> Principal:
+    """A caller known by a signed token or console session, not an API key:
+    a key record of its own (no secret: its digest matches nothing), so
+    quotas, audit and usage treat it as they treat keys. The same ``subject``
+    is the same record id (its rate limits follow it across tokens)."""
+    record = KeyRecord.model_construct(
+        id=hashlib.sha256(subject.encode()).hexdigest()[:12],
+        sha256="0" * 64,
+        tenant=tenant,
+        name=f"{via}:{user}"[:128],
+        owner=user[:256],
+        role=role,
+        created=created,
+        expires=expires,
+        revoked=False,
+        allowed_cidrs=[],
+        **dict.fromkeys(_LIMIT_FIELDS),
+    )
+    return Principal(key=record, tenant_name=tenant, tenant=tenant_record)
+
+
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -213,6 +247,30 @@ def _update_tenant(path: Path, tenant: str, changes: dict[str, Any]) -> TenantRe
     keys.tenants[tenant] = record
     save_keys_file(path, keys)
     return record
+
+
+def rotate_key(path: Path, key_id: str, *, expires: dt.datetime | None) -> tuple[KeyRecord, str]:
+    """A new secret for the key's owner, name, role and limits; the old key is
+    revoked in the same write. The new record and its secret (shown once)."""
+    with _editing(path):
+        keys = load_keys_file(path)
+        old = next((record for record in keys.keys if record.id == key_id), None)
+        if old is None:
+            raise ConfigError("key", f"no key with id {key_id!r} in {path}")
+        key_id, secret = new_secret()
+        record = old.model_copy(
+            update={
+                "id": key_id,
+                "sha256": digest(secret),
+                "created": dt.datetime.now(dt.UTC).replace(microsecond=0),
+                "expires": expires,
+                "revoked": False,
+            }
+        )
+        old.revoked = True
+        keys.keys.append(record)
+        save_keys_file(path, keys)
+        return record, secret
 
 
 def revoke_key(path: Path, key_id: str) -> KeyRecord:

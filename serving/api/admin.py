@@ -124,7 +124,10 @@ class AdminServing:
     async def replicas(self, ctx: RequestContext) -> BodyAnswer:
         """Replica groups and every replica's state and load (never secrets)."""
         groups = await self.registry.source.groups()
+        reporter = self.registry.load_reporter
         listing: dict[str, Any] = {
+            "routing": self.config.routing.policy,
+            "queued": reporter() if reporter is not None else {},
             "groups": groups,
             "replicas": [
                 {

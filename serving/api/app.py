@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from pathlib import Path
 
 from serving import __version__
 from serving.adapters import AdapterCatalog, TeamDataStore
 from serving.admission.auth import Authenticator
 from serving.admission.dispatch import Dispatcher
+from serving.admission.jwt_auth import OidcSignIn
 from serving.admission.models import ModelResolver
 from serving.admission.quotas import Quotas
 from serving.admission.scheduler import AdmissionScheduler
+from serving.admission.sessions import ConsoleAuth, SessionSigner
 from serving.api.admin import AdminServing
 from serving.api.code_serving import CodeServing
+from serving.api.console import ConsoleServing
 from serving.api.cursor import CursorCompletions
 from serving.api.front_door import FrontDoor
 from serving.api.gateway import GatewayApp
@@ -32,12 +36,14 @@ from serving.api.tabby import TabbyServing
 from serving.api.usage import UsageServing
 from serving.background import Periodic
 from serving.config import (
+    ConsoleConfig,
     KvAwareRouting,
     LeastLoadedRouting,
     PrefixAffinityRouting,
     ServingConfig,
     SessionRouting,
 )
+from serving.errors import ConfigError
 from serving.observability.audit import AuditLog
 from serving.observability.metrics import GatewayMetrics
 from serving.observability.suggestions import build_suggestion_store
@@ -145,7 +151,20 @@ def build_app(
     cursor = CursorCompletions(config.tasks, registry, completer, models)
     openai = OpenAIServing(config.gateway, registry, dispatcher, completer, models)
     status = StatusServing(registry, state, metrics, models)
-    declared = gateway_routes(metrics_on_main_port=config.gateway.metrics_port is None)
+    declared = gateway_routes(
+        metrics_on_main_port=config.gateway.metrics_port is None, console=config.console.enabled
+    )
+    signer = SessionSigner(_session_secret(config.console), config.console.session_ttl_s)
+    console = ConsoleServing(
+        config.console,
+        signer,
+        auth,
+        keys_file=Path(config.auth.keys_file).expanduser(),
+        sign_in=OidcSignIn(config.auth.oidc, auth.jwt)
+        if config.auth.oidc is not None and auth.jwt is not None
+        else None,
+        usage=usage,
+    )
     routes = RouteTable(
         declared,
         services=[
@@ -158,6 +177,7 @@ def build_app(
             status,
             AdminServing(registry, config),
             UsageServing(usage),
+            console,
             OpenAPIServing(declared, title="Seed Serve", version=__version__),
         ],
     )
@@ -176,6 +196,7 @@ def build_app(
         else "x-seed-serve-session",
         training_data=config.adapters.training_data,
         usage=usage,
+        console=ConsoleAuth(signer, auth.tenant_record) if config.console.enabled else None,
     )
 
     async def startup() -> None:
@@ -213,6 +234,17 @@ def build_app(
     )
     app.state.update(metrics=metrics, gateway=state, status=status, registry=registry)
     return app
+
+
+def _session_secret(config: ConsoleConfig) -> bytes:
+    """The console's cookie-signing secret: shared from a file (gateways that
+    share it share sessions), else this process's own."""
+    if config.session_secret_file is None:
+        return secrets.token_bytes(32)
+    secret = Path(config.session_secret_file).expanduser().read_bytes().strip()
+    if len(secret) < 32:
+        raise ConfigError("console.session_secret_file", "holds fewer than 32 bytes")
+    return secret
 
 
 def _device(config: ServingConfig) -> str:

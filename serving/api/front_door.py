@@ -21,6 +21,7 @@ from typing import Any
 from serving.admission.auth import Authenticator
 from serving.admission.keys import Principal
 from serving.admission.quotas import Quotas
+from serving.admission.sessions import ConsoleAuth
 from serving.api.bodies import too_large
 from serving.api.dialects import OPENAI
 from serving.api.responses import DONE, Receive, Scope, Send
@@ -31,6 +32,7 @@ from serving.config import GatewayConfig
 from serving.errors import (
     APIError,
     BadRequestError,
+    NotFoundError,
     PermissionDeniedError,
     ServiceUnavailableError,
 )
@@ -44,6 +46,8 @@ logger = logging.getLogger("seed_serve.api")
 
 NO_REPLICA = b"none"  # the answer did not come from a replica (e.g. a 400)
 _INVALID_STATUSES = frozenset({400, 404, 405, 413, 422})
+_CONSOLE = (Access.SESSION, Access.SESSION_ADMIN)
+_ADMIN = (Access.ADMIN, Access.SESSION_ADMIN)
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 # What runs the route once the front door let the request in.
@@ -66,6 +70,7 @@ class FrontDoor:
         session_header: str = "x-seed-serve-session",
         training_data: str = "off",
         usage: UsageRecorder | None = None,
+        console: ConsoleAuth | None = None,
     ) -> None:
         self.routes = routes
         self.training_data = training_data  # tenants' default (adapters.training_data)
@@ -77,6 +82,7 @@ class FrontDoor:
         self.state = state
         self.events = events
         self.usage = usage
+        self.console = console
         self.auth_enabled = auth_enabled
         self.session_header = session_header.encode()
 
@@ -106,6 +112,8 @@ class FrontDoor:
             route=path,
             method=scope.get("method", ""),
             client_ip=self.auth.client_ip(peer, forwarded.decode("latin-1") if forwarded else None),
+            scheme=scope.get("scheme", "http"),
+            headers=headers,
         )
         if route is not None and route.task is not None:
             ctx.task = route.task
@@ -136,20 +144,30 @@ class FrontDoor:
                 self._check_body_size(headers.get(b"content-length"))
                 if access is not Access.OPEN:
                     self.auth.check_network(ctx.client_ip)
-                    if self.auth_enabled:
+                    if access in _CONSOLE:
+                        if self.console is None:
+                            raise NotFoundError(self.routes.unknown_route_message())
+                        principal, signed_in = self.console.principal(
+                            headers, ctx.method, ctx.scheme
+                        )
+                        ctx.console_sid = signed_in.sid
+                    elif self.auth_enabled:
                         credential = self.auth.credential(headers)
                         if self.auth.takes_jwt(credential):
                             assert credential is not None
                             principal = await self.auth.authenticate_jwt(credential, ctx.client_ip)
                         else:
                             principal = self.auth.authenticate(credential, ctx.client_ip)
+                    if principal is not None:
                         ctx.key_id = principal.key.id
+                        ctx.user = principal.user
+                        ctx.role = principal.key.role
                         ctx.tenant = principal.tenant_name
                         ctx.default_adapter = principal.tenant.adapter
                         ctx.keep_training_data = (
                             principal.tenant.training_data or self.training_data
                         ) == "collect"
-                        if access is Access.ADMIN and principal.key.role != "admin":
+                        if access in _ADMIN and principal.key.role != "admin":
                             raise PermissionDeniedError(
                                 "This route needs an admin key.", code="admin_only"
                             )
@@ -292,6 +310,7 @@ class FrontDoor:
             "request_id": ctx.request_id,
             "key_id": ctx.key_id,
             "tenant": ctx.tenant,
+            "user": ctx.user,
             "client": ctx.client_ip,
             "method": ctx.method,
             "route": ctx.route,

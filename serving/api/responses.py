@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -38,15 +38,17 @@ class Answer(Protocol):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
 
 
-def _raw_headers(content_type: bytes | None, headers: Mapping[str, str] | None) -> list[Any]:
+# Headers of an answer: a mapping, or pairs where a name repeats (Set-Cookie).
+Headers = Mapping[str, str] | Sequence[tuple[str, str]]
+
+
+def _raw_headers(content_type: bytes | None, headers: Headers | None) -> list[Any]:
     raw: list[tuple[bytes, bytes]] = []
     if content_type is not None:
         raw.append((b"content-type", content_type))
     if headers:
-        raw += [
-            (name.lower().encode("latin-1"), value.encode("latin-1"))
-            for name, value in headers.items()
-        ]
+        pairs = headers.items() if isinstance(headers, Mapping) else headers
+        raw += [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in pairs]
     return raw
 
 
@@ -59,7 +61,7 @@ class BodyAnswer:
         *,
         status: int = 200,
         content_type: bytes | None = JSON_TYPE,
-        headers: Mapping[str, str] | None = None,
+        headers: Headers | None = None,
     ) -> None:
         self.body = body
         self.status = status
@@ -76,7 +78,7 @@ def json_answer(
     content: BaseModel | dict[str, Any],
     *,
     status: int = 200,
-    headers: Mapping[str, str] | None = None,
+    headers: Headers | None = None,
 ) -> BodyAnswer:
     """A pydantic model (as its JSON) or plain data as JSON."""
     if isinstance(content, BaseModel):

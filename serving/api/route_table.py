@@ -25,6 +25,8 @@ class Access(enum.Enum):
     OPEN = "open"  # no key (probes: /health, /ready)
     KEY = "key"  # any valid API key
     ADMIN = "admin"  # admin keys only
+    SESSION = "session"  # a console session (its cookie; a CSRF token to change anything)
+    SESSION_ADMIN = "session_admin"  # an admin's console session
 
 
 # A serving call: a method of one of the serving classes, bound to the app's

@@ -10,6 +10,8 @@ a route is adding one declaration here (and its serving call).
 
 from __future__ import annotations
 
+from typing import Any
+
 from serving.api.admin import (
     AdapterAddRequest,
     AdapterRemoveRequest,
@@ -27,6 +29,14 @@ from serving.api.code_protocol import (
     SuggestionEventResponse,
 )
 from serving.api.code_serving import CodeServing
+from serving.api.console import (
+    CallbackParams,
+    ConsoleServing,
+    KeyRef,
+    KeySignIn,
+    NewKey,
+    TenantParams,
+)
 from serving.api.dialects import LLAMA_CPP, OLLAMA, TABBY
 from serving.api.llamacpp import LlamaCppServing
 from serving.api.llamacpp_protocol import InfillRequest, LlamaCompletionRequest
@@ -42,7 +52,7 @@ from serving.api.ollama_protocol import (
 from serving.api.openai_serving import OpenAIServing
 from serving.api.openapi import OpenAPIServing
 from serving.api.protocol import ChatCompletionRequest, Completion, CompletionRequest, ModelList
-from serving.api.route_table import Access, Route
+from serving.api.route_table import Access, Route, ServeCall
 from serving.api.status import StatusServing
 from serving.api.suggestion_events import SuggestionEvents
 from serving.api.tabby import (
@@ -161,6 +171,48 @@ GATEWAY_ROUTES: tuple[Route, ...] = (
           access=Access.ADMIN, request=AdapterRemoveRequest, errors=(400, 401, 403, 404)),
 )  # fmt: skip
 
+
+# The web console (serving.api.console): its page, sign-in, and the JSON it
+# reads, let in by a console session (cookie + CSRF token), not by an API key.
+def _console(
+    method: str, path: str, serve: ServeCall, summary: str, access: Access, **more: Any
+) -> Route:
+    """A console route: not in the API's OpenAPI document (it is the page's)."""
+    return Route(method, path, serve, summary, access=access, in_schema=False,
+                 errors=(400, 401, 403, 404), **more)  # fmt: skip
+
+
+_OPEN, _SESSION, _SESSION_ADMIN = Access.OPEN, Access.SESSION, Access.SESSION_ADMIN
+CONSOLE_ROUTES: tuple[Route, ...] = (
+    _console("GET", "/console", ConsoleServing.page, "The console.", _OPEN),
+    _console("GET", "/console/console.js", ConsoleServing.script, "Its script.", _OPEN),
+    _console("GET", "/console/console.css", ConsoleServing.style, "Its style.", _OPEN),
+    _console("GET", "/console/login", ConsoleServing.login,
+             "Sign in with the identity provider.", _OPEN),
+    _console("GET", "/console/callback", ConsoleServing.callback,
+             "The provider's redirect back.", _OPEN, query=CallbackParams),
+    _console("POST", "/console/login/key", ConsoleServing.key_login,
+             "Sign in with an admin key.", _OPEN, request=KeySignIn),
+    _console("POST", "/console/logout", ConsoleServing.logout, "Sign out.", _SESSION),
+    _console("GET", "/console/api/me", ConsoleServing.me, "Who is signed in.", _SESSION),
+    _console("GET", "/console/api/keys", ConsoleServing.list_keys,
+             "My keys (admins: a tenant's).", _SESSION, query=TenantParams),
+    _console("POST", "/console/api/keys", ConsoleServing.create_key,
+             "Create a key of my own.", _SESSION, request=NewKey),
+    _console("POST", "/console/api/keys/rotate", ConsoleServing.rotate_key,
+             "A new secret for a key; the old one revoked.", _SESSION, request=KeyRef),
+    _console("POST", "/console/api/keys/revoke", ConsoleServing.revoke_key, "Revoke a key.",
+             _SESSION, request=KeyRef),
+    _console("GET", "/console/api/usage", ConsoleServing.usage_view,
+             "My usage (admins: everyone's).", _SESSION, query=UsageParams),
+    _console("GET", "/console/api/tenants", ConsoleServing.tenants,
+             "Tenants, their limits and keys.", _SESSION_ADMIN),
+    _console("GET", "/console/api/replicas", AdminServing.replicas,
+             "Replicas, routing policy, queue depth.", _SESSION_ADMIN),
+    _console("GET", "/console/api/adapters", AdminServing.adapters, "Team adapters.",
+             _SESSION_ADMIN),
+)  # fmt: skip
+
 # The internal metrics port: /metrics and /metrics/engines without a key.
 METRICS_ROUTES: tuple[Route, ...] = (
     Route("GET", "/metrics", StatusServing.metrics, "Prometheus metrics.", access=Access.OPEN),
@@ -169,9 +221,11 @@ METRICS_ROUTES: tuple[Route, ...] = (
 )  # fmt: skip
 
 
-def gateway_routes(*, metrics_on_main_port: bool) -> tuple[Route, ...]:
-    """The main port's routes: the metrics move to their own port when it is set."""
+def gateway_routes(*, metrics_on_main_port: bool, console: bool = True) -> tuple[Route, ...]:
+    """The main port's routes: the metrics move to their own port when it is
+    set; the console's when it is on."""
+    routes = GATEWAY_ROUTES + (CONSOLE_ROUTES if console else ())
     if metrics_on_main_port:
-        return GATEWAY_ROUTES
+        return routes
     moved = {route.path for route in METRICS_ROUTES}
-    return tuple(route for route in GATEWAY_ROUTES if route.path not in moved)
+    return tuple(route for route in routes if route.path not in moved)

@@ -28,7 +28,13 @@ from serving.config._engines import (
     RayConfig,
     ReplicaGroupConfig,
 )
-from serving.config._gateway import GatewayConfig, SandboxConfig, TasksConfig, TelemetryConfig
+from serving.config._gateway import (
+    ConsoleConfig,
+    GatewayConfig,
+    SandboxConfig,
+    TasksConfig,
+    TelemetryConfig,
+)
 from serving.config._loading import ENV_PREFIX, dump_config, load_config
 from serving.config._model import ServingConfig
 from serving.config._scaling import (
@@ -55,6 +61,7 @@ __all__ = [
     "AuditConfig",
     "AuthConfig",
     "AutoscalingConfig",
+    "ConsoleConfig",
     "EngineConfig",
     "GatewayConfig",
     "HealthConfig",

@@ -68,6 +68,37 @@ class GatewayConfig(Strict):
     )
 
 
+class ConsoleConfig(Strict):
+    """The web console at /console: self-service keys, usage, the endpoint's state."""
+
+    enabled: bool = Field(default=True, description="Serve the console at /console.")
+    session_ttl_s: float = Field(
+        default=8 * 3600, ge=60, le=7 * 86_400, description="How long a sign-in lasts."
+    )
+    session_secret_file: str | None = Field(
+        default=None,
+        description="A file with the secret (32+ bytes) that signs session cookies; gateways "
+        "sharing it share sessions (null: a random secret per gateway process).",
+    )
+    cookie_secure: bool = Field(
+        default=True,
+        description="Mark cookies Secure (browsers send them over HTTPS and to localhost "
+        "only); off only for plain-HTTP tests on other hosts.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="The console's external base URL, for the sign-in redirect (null: the "
+        "request's own scheme and Host).",
+    )
+    key_ttl_days: int | None = Field(
+        default=90, ge=1, le=3650, description="Expiry of self-service keys (null: none)."
+    )
+    max_keys_per_user: int = Field(
+        default=10, ge=1, le=1000, description="Active self-service keys a user may hold."
+    )
+
+
 class TelemetryConfig(Strict):
     """Suggestion feedback (POST /v1/code/events): which completions were shown,
     accepted or dismissed. Completion ids are remembered this long so that an

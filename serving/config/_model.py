@@ -15,7 +15,13 @@ from serving.config._admission import (
 )
 from serving.config._base import Strict
 from serving.config._engines import RayConfig, ReplicaGroupConfig
-from serving.config._gateway import GatewayConfig, SandboxConfig, TasksConfig, TelemetryConfig
+from serving.config._gateway import (
+    ConsoleConfig,
+    GatewayConfig,
+    SandboxConfig,
+    TasksConfig,
+    TelemetryConfig,
+)
 from serving.config._scaling import (
     HealthConfig,
     PrefixAffinityRouting,
@@ -43,6 +49,9 @@ class ServingConfig(Strict):
     )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys, allow-lists.")
     audit: AuditConfig = Field(default_factory=AuditConfig, description="The audit log.")
+    console: ConsoleConfig = Field(
+        default_factory=ConsoleConfig, description="The web console (/console)."
+    )
     usage: UsageConfig = Field(
         default_factory=UsageConfig, description="Usage records per day, tenant, user and task."
     )

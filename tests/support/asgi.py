@@ -28,6 +28,11 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     chunks: list[bytes] = field(default_factory=list)
     complete: bool = False
+    raw_headers: list[tuple[str, str]] = field(default_factory=list)
+
+    def set_cookies(self) -> list[str]:
+        """Every Set-Cookie header (``headers`` keeps one per name)."""
+        return [value for name, value in self.raw_headers if name == "set-cookie"]
 
     @property
     def body(self) -> bytes:
@@ -102,7 +107,8 @@ async def call(
             raise OSError("the client is gone")  # what a server does after a hang-up
         if message["type"] == "http.response.start":
             reply.status = message["status"]
-            reply.headers = {k.decode(): v.decode() for k, v in message.get("headers", [])}
+            reply.raw_headers = [(k.decode(), v.decode()) for k, v in message.get("headers", [])]
+            reply.headers = dict(reply.raw_headers)
         elif message["type"] == "http.response.body":
             if message.get("body"):
                 reply.chunks.append(message["body"])

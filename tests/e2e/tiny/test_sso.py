@@ -3,16 +3,24 @@
 authorization-code flow; a gateway joined to the tiny stack accepts them as
 bearer tokens from the `openai` SDK, maps their groups to tenants, counts
 usage per user, and refuses misdirected and forged tokens with clear 401s.
+Then a real browser (Debian's chromium, driven by Playwright) signs in to the
+console through the provider, makes a key the SDK uses, sees that request on
+the usage page, revokes the key, and the key is refused; an admin sees the
+tenants and the endpoint. Its screenshots are the README's.
 Every check the verifier makes, with keys the test holds (expiry, rotation):
-tests/admission/test_jwt_auth.py."""
+tests/admission/test_jwt_auth.py; the console's security checks:
+tests/api/test_console.py."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -20,6 +28,7 @@ import httpx
 import openai
 import pytest
 from oidc_provider_mock import User, run_server_in_thread
+from playwright.sync_api import Page, expect, sync_playwright
 
 from serving.admission.keys import create_key
 from tests.support.stack import TINY_MODEL, JoinedGateway, SeedServeProcess
@@ -67,13 +76,17 @@ def sso(tiny_stack: SeedServeProcess, tmp_path_factory: pytest.TempPathFactory) 
     users = [
         User(sub="alice", claims={"email": "alice@corp.example", "groups": ["team-a"]}),
         User(sub="carol", claims={"email": "carol@corp.example", "groups": ["contractors"]}),
+        User(sub="root", claims={"email": "root@corp.example", "groups": ["team-a", "platform"]}),
     ]
+    client_secret = workdir / "client-secret"
+    client_secret.write_text("console-secret\n")
     with run_server_in_thread(user_claims=users) as server:
         # The issuer is the host the provider is asked under: the same everywhere.
         provider = Provider(f"http://localhost:{server.server_port}")
         oidc = {
             "issuer": provider.issuer,
             "client_id": CLIENT_ID,
+            "client_secret_file": str(client_secret),
             "tenants": [{"group": "team-a", "tenant": "team-a"}],
             "admin_groups": ["platform"],
         }
@@ -162,3 +175,112 @@ def test_misdirected_and_forged_tokens_are_refused_with_a_reason(sso: Sso) -> No
 
 def _claims(payload: str) -> dict[str, Any]:
     return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
+
+
+# ------------------------------------------------------------------ the console
+
+
+def _screenshot(page: Page, name: str, tmp_path: Path) -> None:
+    """Into the test's folder, and into $SEED_SERVE_SCREENSHOTS when set (the
+    README's pictures: `SEED_SERVE_SCREENSHOTS=docs/console make test`)."""
+    page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
+    folder = os.environ.get("SEED_SERVE_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / f"{name}.png", Path(folder) / f"{name}.png")
+
+
+def _usage_of(sso: Sso, user: str) -> tuple[int, int]:
+    """(requests, completion tokens) of ``user`` today, from the admin API."""
+    answer = httpx.get(
+        sso.gateway.base_url + "/v1/admin/usage",
+        params={"user": user},
+        headers={"Authorization": f"Bearer {sso.admin}"},
+    )
+    assert answer.status_code == 200, answer.text
+    rows = answer.json()["data"]
+    return sum(r["requests"] for r in rows), sum(r["completion_tokens"] for r in rows)
+
+
+def _sign_in(page: Page, console: str, sub: str) -> None:
+    page.goto(console)
+    page.get_by_role("link", name="Sign in with your company account").click()
+    page.locator("input[name=sub]").fill(sub)  # the provider's own sign-in form
+    page.get_by_role("button", name="Authorize").click()
+    page.wait_for_url(f"{console}*")
+    expect(page.locator("#who")).to_contain_text(f"{sub}@corp.example")
+
+
+def test_a_developer_signs_in_makes_a_key_sees_its_usage_and_revokes_it(
+    sso: Sso, tmp_path: Path
+) -> None:
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is missing: `make system-tools` installs it"
+    console = sso.gateway.base_url + "/console"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            page = browser.new_context(viewport={"width": 1200, "height": 800}).new_page()
+            page.goto(console)
+            expect(page.locator("#page-sign-in")).to_be_visible()
+            _screenshot(page, "sign-in", tmp_path)
+            _sign_in(page, console, "alice")
+            # A key, shown once.
+            page.locator("#key-name").fill("laptop")
+            page.get_by_role("button", name="Create key").click()
+            expect(page.locator("#secret-box")).to_be_visible()
+            secret = page.locator("#secret").text_content() or ""
+            assert secret.startswith("sk-seed-")
+            expect(page.locator("#keys-table tbody tr")).to_have_count(1)
+            _screenshot(page, "keys", tmp_path)
+            # The key from the openai SDK (alice's earlier requests add up with it).
+            before = _usage_of(sso, "alice@corp.example")
+            answer = sdk(sso, secret).completions.create(
+                model=TINY_MODEL, prompt="def f(x):", max_tokens=3
+            )
+            assert answer.usage is not None
+            # The usage page shows that request (the gateway answers its own
+            # unflushed counts too).
+            page.get_by_role("link", name="Usage").click()
+            row = page.locator("#usage-table tbody tr", has_text="alice@corp.example")
+            expect(row).to_have_count(1)
+            expect(row.locator("td").nth(4)).to_have_text(str(before[0] + 1))
+            expect(row.locator("td").nth(6)).to_have_text(
+                str(before[1] + answer.usage.completion_tokens)
+            )
+            _screenshot(page, "usage", tmp_path)
+            # A name is data, never markup.
+            page.get_by_role("link", name="My keys").click()
+            hostile = '<img src=x onerror="window.__xss = 1">'
+            page.locator("#key-name").fill(hostile)
+            page.get_by_role("button", name="Create key").click()
+            expect(page.locator("#keys-table tbody tr")).to_have_count(2)
+            expect(page.locator("#keys-table td", has_text=hostile)).to_have_count(1)
+            assert page.locator("#keys-table img").count() == 0
+            assert page.evaluate("window.__xss") is None
+            # Revoked: refused at once.
+            page.locator("#keys-table tbody tr", has_text="laptop").get_by_role(
+                "button", name="Revoke"
+            ).click()
+            expect(page.locator("#keys-table tbody tr", has_text="laptop")).to_contain_text(
+                "revoked"
+            )
+            with pytest.raises(openai.AuthenticationError):
+                sdk(sso, secret).completions.create(model=TINY_MODEL, prompt="x", max_tokens=1)
+            # A developer has no admin pages.
+            expect(page.get_by_role("link", name="Tenants")).to_be_hidden()
+            page.get_by_role("button", name="Sign out").click()
+            expect(page.locator("#page-sign-in")).to_be_visible()
+
+            admin = browser.new_context(viewport={"width": 1200, "height": 800}).new_page()
+            _sign_in(admin, console, "root")
+            admin.get_by_role("link", name="Tenants").click()
+            expect(admin.locator("#tenants h3", has_text="team-a")).to_be_visible()
+            expect(admin.locator("#tenants td", has_text=hostile)).to_have_count(1)
+            _screenshot(admin, "tenants", tmp_path)
+            admin.get_by_role("link", name="Endpoint").click()
+            expect(admin.locator("#routing")).to_have_text("prefix_affinity")
+            expect(admin.locator("#replicas-table tbody tr")).to_have_count(2)
+            _screenshot(admin, "endpoint", tmp_path)
+        finally:
+            browser.close()
