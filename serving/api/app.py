@@ -90,7 +90,7 @@ def build_app(
     team_data = TeamDataStore(
         config.adapters.data_dir, retention_days=config.adapters.retention_days
     )
-    events = SuggestionEvents(store, metrics, team_data)
+    events = SuggestionEvents(store, metrics, team_data, usage)
 
     async def drop_expired_team_data() -> None:
         removed = await asyncio.to_thread(team_data.apply_retention)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import secrets
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,8 +48,10 @@ from serving.errors import (
     PermissionDeniedError,
     ServiceUnavailableError,
 )
-from serving.observability.usage import UsageRecorder
+from serving.observability.usage import SUGGESTIONS, UsageRecorder
 from serving.request_context import RequestContext
+
+T = TypeVar("T")
 
 # No inline script or style, nothing from elsewhere, never framed.
 _SECURITY_HEADERS = [
@@ -322,7 +325,7 @@ class ConsoleServing:
                 param="name",
                 code="too_many_keys",
             )
-        record, secret = await asyncio.to_thread(
+        record, secret = await self._write(
             create_key,
             self.keys_file,
             tenant=ctx.tenant,
@@ -337,6 +340,18 @@ class ConsoleServing:
             status=201,
             headers=_SECURITY_HEADERS,
         )
+
+    async def _write(self, edit: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """An edit of the keys file, off the event loop; a file that cannot be
+        written (a read-only mount) is a clear 503, not a crash."""
+        try:
+            return await asyncio.to_thread(edit, *args, **kwargs)
+        except OSError as exc:
+            raise ServiceUnavailableError(
+                f"The keys file cannot be written ({exc.strerror}): self-service keys need a "
+                "writable auth.keys_file (a Kubernetes Secret mount is read-only).",
+                code="keys_file_read_only",
+            ) from None
 
     async def _reload(self) -> None:
         """This gateway takes the change at once (others at their next check)."""
@@ -355,7 +370,7 @@ class ConsoleServing:
         record = await self._record(request.id, ctx)
         if record.revoked:
             raise BadRequestError("A revoked key cannot be rotated.", param="id")
-        new, secret = await asyncio.to_thread(
+        new, secret = await self._write(
             rotate_key, self.keys_file, record.id, expires=self._expiry()
         )
         await self._reload()
@@ -370,7 +385,7 @@ class ConsoleServing:
         """POST /console/api/keys/revoke: refused by every gateway at its next
         keys-file check (auth.reload_interval_s)."""
         record = await self._record(request.id, ctx)
-        revoked = await asyncio.to_thread(revoke_key, self.keys_file, record.id)
+        revoked = await self._write(revoke_key, self.keys_file, record.id)
         await self._reload()
         ctx.audit_extra.update(console="key.revoke", target_key=record.id)
         return json_answer(
@@ -395,6 +410,45 @@ class ConsoleServing:
         rows = await self.usage.query(query)
         return json_answer(
             {"since": query.since.isoformat(), "until": query.until.isoformat(), "data": rows},
+            headers=_SECURITY_HEADERS,
+        )
+
+    async def acceptance(self, params: UsageParams, ctx: RequestContext) -> BodyAnswer:
+        """GET /console/api/acceptance: suggestions shown, accepted, dismissed
+        and the acceptance rate per tenant and language (developers: their
+        tenant's; admins: every tenant's)."""
+        if self.usage is None:
+            raise ServiceUnavailableError(
+                "Usage records are off (usage.enabled).", code="usage_off"
+            )
+        if ctx.role != "admin":
+            if params.tenant not in (None, ctx.tenant):
+                raise PermissionDeniedError(
+                    "Another tenant's acceptance rates are for admins.", code="other_tenant"
+                )
+            params = params.model_copy(update={"tenant": ctx.tenant})
+        query = params.model_copy(update={"user": None}).query(dt.datetime.now(dt.UTC).date())
+        totals: dict[tuple[str, str], dict[str, int]] = {}
+        for row in await self.usage.query(query, SUGGESTIONS):
+            total = totals.setdefault(
+                (row["tenant"], row["language"]), dict.fromkeys(SUGGESTIONS.counters, 0)
+            )
+            for counter in SUGGESTIONS.counters:
+                total[counter] += row[counter]
+        listing = [
+            {
+                "tenant": tenant,
+                "language": language,
+                **counts,
+                # Of the suggestions an IDE showed, the share accepted.
+                "acceptance_rate": round(counts["accepted"] / counts["shown"], 4)
+                if counts["shown"]
+                else None,
+            }
+            for (tenant, language), counts in sorted(totals.items())
+        ]
+        return json_answer(
+            {"since": query.since.isoformat(), "until": query.until.isoformat(), "data": listing},
             headers=_SECURITY_HEADERS,
         )
 

@@ -205,6 +205,8 @@ CONSOLE_ROUTES: tuple[Route, ...] = (
              _SESSION, request=KeyRef),
     _console("GET", "/console/api/usage", ConsoleServing.usage_view,
              "My usage (admins: everyone's).", _SESSION, query=UsageParams),
+    _console("GET", "/console/api/acceptance", ConsoleServing.acceptance,
+             "Acceptance rates by tenant and language.", _SESSION, query=UsageParams),
     _console("GET", "/console/api/tenants", ConsoleServing.tenants,
              "Tenants, their limits and keys.", _SESSION_ADMIN),
     _console("GET", "/console/api/replicas", AdminServing.replicas,

@@ -17,6 +17,7 @@ from serving.observability.suggestions import (
     SuggestionStore,
     TrackedSuggestion,
 )
+from serving.observability.usage import UsageRecorder
 from serving.request_context import RequestContext
 from serving.tasks.languages import UnsupportedLanguage, resolve_language
 
@@ -42,10 +43,12 @@ class SuggestionEvents:
         store: SuggestionStore | None,
         metrics: GatewayMetrics,
         team_data: TeamDataStore | None = None,
+        usage: UsageRecorder | None = None,
     ) -> None:
         self.store = store  # None: telemetry disabled
         self.metrics = metrics
         self.team_data = team_data
+        self.usage = usage  # acceptance rates per tenant and language (the console)
 
     async def track(self, ctx: RequestContext) -> None:
         """Remember a successful answer (called before its last byte is sent, so an
@@ -121,6 +124,10 @@ class SuggestionEvents:
         if recorded:
             labels = {"task": completion.task, "tenant": completion.tenant, "language": language}
             self.metrics.suggestions.labels(**labels, event=request.event).inc()
+            if self.usage is not None:
+                self.usage.record_suggestion(
+                    tenant=completion.tenant, language=language, event=request.event
+                )
             if request.event == "accepted":
                 chars = request.accepted_chars
                 if chars is None:

@@ -367,3 +367,61 @@ def test_without_sso_an_admin_key_signs_in_and_a_developer_key_does_not(tmp_path
             assert (me["tenant"], me["role"], me["via"]) == ("ops", "admin", "key")
 
     run(scenario)
+
+
+def test_acceptance_rates_by_tenant_and_language(tmp_path: Path, issuer: str) -> None:
+    async def scenario() -> None:
+        config = console_config(tmp_path, issuer)
+        async with scripted_gateway(ScriptedEngine("s-0"), config=config) as gw:
+            alice, bob, root = Browser(gw), Browser(gw), Browser(gw)
+            for browser, sub in ((alice, "alice"), (bob, "bob"), (root, "root")):
+                await browser.sign_in_sso(sub)
+            secret = (await alice.post("/console/api/keys", {"name": "ide"})).json()["secret"]
+            auth = {"authorization": f"Bearer {secret}"}
+            outcomes = ["accepted", "dismissed", "accepted", None]  # the last: shown only
+            for outcome in outcomes:
+                answer = await gw.call("POST", "/v1/code/completions", json_body={
+                    "prefix": "def add(a, b):\n    return", "language": "python",
+                    "max_tokens": 4}, headers=auth)  # fmt: skip
+                assert answer.status == 200, answer.body
+                completion_id = answer.json()["id"]
+                for event in ("shown", outcome):
+                    if event is None:
+                        continue
+                    reported = await gw.call("POST", "/v1/code/events", json_body={
+                        "completion_id": completion_id, "event": event}, headers=auth)  # fmt: skip
+                    assert reported.status == 200, reported.body
+            expected = {"tenant": "team-a", "language": "python", "shown": 4, "accepted": 2,
+                        "dismissed": 1, "acceptance_rate": 0.5}  # fmt: skip
+            assert (await alice.get("/console/api/acceptance")).json()["data"] == [expected]
+            assert (await root.get("/console/api/acceptance")).json()["data"] == [expected]
+            assert (await bob.get("/console/api/acceptance")).json()["data"] == []
+            reply = await bob.get("/console/api/acceptance?tenant=team-a")
+            assert reply.status == 403 and reply.json()["error"]["code"] == "other_tenant"
+
+    run(scenario)
+
+
+def test_a_read_only_keys_file_is_a_clear_503(tmp_path: Path, issuer: str) -> None:
+    """A keys file mounted from a Kubernetes Secret cannot be written: the
+    console says so (it does not crash), and nothing half-written is left."""
+
+    async def scenario() -> None:
+        config = console_config(tmp_path, issuer)
+        read_only = config.model_copy(
+            update={
+                "auth": config.auth.model_copy(update={"keys_file": "/proc/seed-serve/keys.yaml"})
+            }
+        )
+        async with scripted_gateway(ScriptedEngine("s-0"), config=read_only) as gw:
+            alice = Browser(gw)
+            await alice.sign_in_sso("alice")
+            reply = await alice.post("/console/api/keys", {"name": "laptop"})
+            assert reply.status == 503, reply.body
+            error = reply.json()["error"]
+            assert (
+                error["code"] == "keys_file_read_only"
+                and "writable auth.keys_file" in error["message"]
+            )
+
+    run(scenario)

@@ -6,6 +6,7 @@ and the properties an operator relies on hold."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -107,7 +108,7 @@ def test_chart_lints_clean() -> None:
 def test_there_are_values_files_for_the_documented_scenarios() -> None:
     assert {p.stem for p in CI_VALUES} >= {
         "defaults-values", "gpu-multi-worker-values", "existing-secrets-values",
-        "monitoring-values", "redis-values",
+        "monitoring-values", "redis-values", "sso-values",
     }  # fmt: skip
 
 
@@ -240,9 +241,16 @@ def test_rendered_config_is_one_the_gateway_accepts(
     deployment = one(manifests, "Deployment", "-gateway")
     pod = deployment["spec"]["template"]["spec"]
     keys_volume = next(v for v in pod["volumes"] if v["name"] == "keys")
-    keys_mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "keys")
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
     item = keys_volume["secret"]["items"][0]
-    assert config.auth.keys_file == f"{keys_mount['mountPath']}/{item['path']}"
+    # Self-service keys: the console writes the file on a shared volume.
+    store = (
+        "keys-store" if values.get("apiKeys", {}).get("selfService", {}).get("enabled") else "keys"
+    )
+    assert config.auth.keys_file == f"{mounts[store]['mountPath']}/{item['path']}"
+    console_volume = next(v for v in pod["volumes"] if v["name"] == "console")
+    console_item = console_volume["secret"]["items"][0]["path"]
+    assert config.console.session_secret_file == f"{mounts['console']['mountPath']}/{console_item}"
     assert config.gateway.host == "0.0.0.0"
     assert config.audit.file is None and config.audit.stdout  # pods: audit lines to stdout
     ray = values.get("ray", {})
@@ -256,6 +264,8 @@ def test_rendered_config_is_one_the_gateway_accepts(
     if redis.get("deploy") or redis.get("url"):
         assert config.quotas.backend == "redis" and config.telemetry.backend == "redis"
         assert config.quotas.redis_url == config.telemetry.redis_url
+        # Usage records: every gateway pod's, in one place (chargeback).
+        assert config.usage.backend == "redis" and config.usage.redis_url == config.quotas.redis_url
         if redis.get("deploy"):
             service = one(manifests, "Service", "-redis")
             assert config.quotas.redis_url == (
@@ -270,7 +280,27 @@ def test_secrets_are_referenced_never_inlined(
 ) -> None:
     values, manifests = case
     keys = values.get("apiKeys", {})
-    secrets = of_kind(manifests, "Secret")
+    secrets = [s for s in of_kind(manifests, "Secret") if s["metadata"]["name"].endswith("-keys")]
+    console = values.get("console", {})
+    console_secrets = [
+        s for s in of_kind(manifests, "Secret") if s["metadata"]["name"].endswith("-console")
+    ]
+    volumes = {
+        v["name"]: v
+        for v in one(manifests, "Deployment", "-gateway")["spec"]["template"]["spec"]["volumes"]
+    }
+    if console.get("existingSecret"):
+        assert console_secrets == []
+        assert volumes["console"]["secret"]["secretName"] == console["existingSecret"]
+    else:  # made by the chart: random, 48 characters, referenced
+        (made,) = console_secrets
+        assert volumes["console"]["secret"]["secretName"] == made["metadata"]["name"]
+        assert len(base64.b64decode(made["data"]["session-secret"])) == 48
+    oidc = values.get("oidc", {})
+    if oidc.get("existingSecret"):
+        assert volumes["oidc"]["secret"]["secretName"] == oidc["existingSecret"]
+    else:
+        assert "oidc" not in volumes
     deployment = one(manifests, "Deployment", "-gateway")
     keys_volume = next(
         v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "keys"
@@ -406,6 +436,11 @@ def test_notes_tell_how_to_get_a_key_and_call_the_endpoint() -> None:
             "either redis.url or redis.deploy",
         ),
         ({"apiKeys": {"existingSecret": "k"}, "gateway": {"replcas": 3}}, "'replcas' not allowed"),
+        # The provider's client secret without the provider: named at install time.
+        (
+            {"apiKeys": {"existingSecret": "k"}, "oidc": {"existingSecret": "o"}},
+            "oidc.existingSecret needs config.auth.oidc",
+        ),
         ({"apiKeys": {"existingSecret": "k"}, "gateway": {"port": "http"}}, "/gateway/port"),
         (
             {"apiKeys": {"existingSecret": "k"}, "gateway": {"ingress": {"enabled": True}}},
@@ -524,3 +559,24 @@ def test_adapters_on_an_object_store_volume() -> None:
     with pytest.raises(helm.HelmError) as failure:
         render({**base, "adapters": {"enabled": True, "storage": {"kind": "s3"}}})
     assert "/adapters/storage/kind" in str(failure.value)
+
+
+def test_self_service_keys_live_on_a_shared_volume_seeded_once_from_the_secret() -> None:
+    values = values_of(CHART / "ci" / "sso-values.yaml")
+    manifests = render(values)
+    (claim,) = of_kind(manifests, "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["storageClassName"] == "nfs-client"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    pod = one(manifests, "Deployment", "-gateway")["spec"]["template"]["spec"]
+    (seed,) = pod["initContainers"]
+    command = seed["command"][-1]
+    # Copies only when the volume has no keys file yet: keys made in the console survive restarts.
+    assert command.startswith("[ -f /var/lib/seed-serve/keys/keys.yaml ] ||")
+    assert "cp /etc/seed-serve/keys/keys.yaml /var/lib/seed-serve/keys/keys.yaml" in command
+    assert seed["securityContext"] == pod["containers"][0]["securityContext"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["keys-store"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    config = yaml.safe_load(one(manifests, "ConfigMap", "-config")["data"]["config.yaml"])
+    assert config["auth"]["oidc"]["client_secret_file"] == "/etc/seed-serve/oidc/client-secret"
+    assert config["usage"]["backend"] == "redis"  # three gateway pods, one set of records

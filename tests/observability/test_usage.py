@@ -14,9 +14,11 @@ import pytest
 from serving.admission.keys import create_key, update_tenant
 from serving.observability.usage import (
     COUNTERS,
+    SUGGESTIONS,
     Counts,
     RedisUsage,
     SqliteUsage,
+    Table,
     UsageBackend,
     UsageQuery,
     UsageRecorder,
@@ -112,14 +114,14 @@ class FailingOnce:
         self.inner = inner
         self.failed = False
 
-    def add(self, batch: Counts) -> None:
+    def add(self, table: Table, batch: Counts) -> None:
         if not self.failed:
             self.failed = True
             raise OSError("disk full")
-        self.inner.add(batch)
+        self.inner.add(table, batch)
 
-    def query(self, query: UsageQuery) -> Counts:
-        return self.inner.query(query)
+    def query(self, table: Table, query: UsageQuery) -> Counts:
+        return self.inner.query(table, query)
 
     def drop_before(self, day: str) -> int:
         return self.inner.drop_before(day)
@@ -268,3 +270,31 @@ async def _admin_usage_route_counts_each_keys_owner(tmp_path: Path) -> None:
             "since", "until", "tenant", "user", "format"
         ]  # fmt: skip
         assert all(p["in"] == "query" and not p["required"] for p in operation["parameters"])
+
+
+def test_suggestion_events_per_day_tenant_and_language(tmp_path: Path) -> None:
+    asyncio.run(_suggestion_events(tmp_path))
+
+
+async def _suggestion_events(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as (port, _):
+        for backend in (SqliteUsage(tmp_path / "u.sqlite3"),
+                        RedisUsage(f"redis://127.0.0.1:{port}/0", retention_days=400)):  # fmt: skip
+            usage = recorder(backend)
+            for event in ("shown", "shown", "shown", "accepted", "dismissed"):
+                usage.record_suggestion(tenant="a", language="python", event=event, now=DAY)
+            usage.record_suggestion(tenant="b", language="go", event="shown", now=DAY)
+            record(usage)  # a request: another kind of record, kept apart
+            expected = [
+                {"day": "2026-11-28", "tenant": "a", "language": "python", "shown": 3,
+                 "accepted": 1, "dismissed": 1},
+                {"day": "2026-11-28", "tenant": "b", "language": "go", "shown": 1,
+                 "accepted": 0, "dismissed": 0},
+            ]  # fmt: skip
+            assert await usage.query(ALL, SUGGESTIONS) == expected  # pending
+            await usage.flush()
+            assert await usage.query(ALL, SUGGESTIONS) == expected  # stored
+            only_b = UsageQuery(since=ALL.since, until=ALL.until, tenant="b")
+            assert await usage.query(only_b, SUGGESTIONS) == expected[1:]
+            assert [r["requests"] for r in await usage.query(ALL)] == [1]
+            await usage.stop()

@@ -119,9 +119,20 @@ app.kubernetes.io/component: gateway
 {{- $_ := set $ray "address" (include "seed-serve.rayAddress" .) -}}
 {{- $_ := set $config "ray" $ray -}}
 {{- $auth := get $config "auth" | default dict -}}
+{{- if .Values.apiKeys.selfService.enabled -}}
+{{- $_ := set $auth "keys_file" (printf "/var/lib/seed-serve/keys/%s" .Values.apiKeys.secretKey) -}}
+{{- else -}}
 {{- $_ := set $auth "keys_file" (printf "/etc/seed-serve/keys/%s" .Values.apiKeys.secretKey) -}}
+{{- end -}}
 {{- $_ := set $auth "demo_key_file" nil -}}
+{{- if .Values.oidc.existingSecret -}}
+{{- $oidc := required "oidc.existingSecret needs config.auth.oidc (issuer, client_id, tenants)" (get $auth "oidc") -}}
+{{- $_ := set $oidc "client_secret_file" (printf "/etc/seed-serve/oidc/%s" .Values.oidc.secretKey) -}}
+{{- end -}}
 {{- $_ := set $config "auth" $auth -}}
+{{- $console := get $config "console" | default dict -}}
+{{- $_ := set $console "session_secret_file" (printf "/etc/seed-serve/console/%s" .Values.console.secretKey) -}}
+{{- $_ := set $config "console" $console -}}
 {{- $audit := get $config "audit" | default dict -}}
 {{- if not (hasKey $audit "file") -}}
 {{- /* Helm drops nulls from values: no file unless one is named (pods log audit lines to stdout). */ -}}
@@ -145,6 +156,10 @@ app.kubernetes.io/component: gateway
 {{- $_ := set $telemetry "backend" "redis" -}}
 {{- $_ := set $telemetry "redis_url" $redis -}}
 {{- $_ := set $config "telemetry" $telemetry -}}
+{{- $usage := get $config "usage" | default dict -}}
+{{- $_ := set $usage "backend" "redis" -}}
+{{- $_ := set $usage "redis_url" $redis -}}
+{{- $_ := set $config "usage" $usage -}}
 {{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
@@ -171,4 +186,13 @@ app.kubernetes.io/component: gateway
     claimName: {{ include "seed-serve.adaptersClaimName" . }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+
+{{- define "seed-serve.consoleSecretName" -}}
+{{- default (printf "%s-console" (include "seed-serve.fullname" .)) .Values.console.existingSecret -}}
+{{- end -}}
+
+{{- define "seed-serve.keysClaimName" -}}
+{{- .Values.apiKeys.selfService.existingClaim | default (printf "%s-keys" (include "seed-serve.fullname" .)) -}}
 {{- end -}}

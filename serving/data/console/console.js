@@ -172,7 +172,15 @@ function drawChart(rows, since, until) {
   });
 }
 
+function rate(row, item) {
+  cell(row, item.acceptance_rate === null ? "-" : `${(100 * item.acceptance_rate).toFixed(1)} %`);
+}
+
 async function loadUsage() {
+  const tenantOnly = new URLSearchParams();
+  if (state.me.role === "admin" && $("usage-tenant").value) tenantOnly.set("tenant", $("usage-tenant").value);
+  const acceptance = await api(`/console/api/acceptance?${tenantOnly}`);
+  fill("acceptance-table", acceptance.data, ["tenant", "language", "shown", "accepted", "dismissed", rate]);
   const data = await api(`/console/api/usage?${usageQuery()}`);
   drawChart(data.data, data.since, data.until);
   fill("usage-table", data.data, ["day", "tenant", "user", "task", "requests", "prompt_tokens", "completion_tokens", "errors", "rate_limited"]);

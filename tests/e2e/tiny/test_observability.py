@@ -247,7 +247,14 @@ def usage_of(rows: list[dict[str, Any]], tenant: str, task: str) -> tuple[int, i
 def test_usage_records_from_every_gateway_for_chargeback(gateways: Gateways) -> None:
     """Requests through either gateway reach the shared usage records, which
     either gateway answers, as JSON and as CSV; developers' keys may not read them."""
-    before = usage_rows(gateways.b, gateways.admin)
+    # Earlier tests' requests may still be pending in one gateway: when both
+    # answer the same, each has flushed what it counted.
+    deadline = time.monotonic() + 60
+    while (before := usage_rows(gateways.b, gateways.admin)) != usage_rows(
+        gateways.a, gateways.admin
+    ):
+        assert time.monotonic() < deadline, "the gateways' usage never agreed"
+        time.sleep(0.5)
     client = openai.OpenAI(
         base_url=gateways.a.base_url + "/v1", api_key=gateways.alpha, max_retries=0
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -191,14 +192,14 @@ def _screenshot(page: Page, name: str, tmp_path: Path) -> None:
 
 
 def _usage_of(sso: Sso, user: str) -> tuple[int, int]:
-    """(requests, completion tokens) of ``user`` today, from the admin API."""
+    """(requests, completion tokens) of ``user``'s completions today, from the admin API."""
     answer = httpx.get(
         sso.gateway.base_url + "/v1/admin/usage",
         params={"user": user},
         headers={"Authorization": f"Bearer {sso.admin}"},
     )
     assert answer.status_code == 200, answer.text
-    rows = answer.json()["data"]
+    rows = [r for r in answer.json()["data"] if r["task"] == "completion"]
     return sum(r["requests"] for r in rows), sum(r["completion_tokens"] for r in rows)
 
 
@@ -239,15 +240,39 @@ def test_a_developer_signs_in_makes_a_key_sees_its_usage_and_revokes_it(
                 model=TINY_MODEL, prompt="def f(x):", max_tokens=3
             )
             assert answer.usage is not None
+            # An IDE's completion at the cursor, shown and accepted.
+            headers = {"Authorization": f"Bearer {secret}"}
+            coded = httpx.post(
+                sso.gateway.base_url + "/v1/code/completions",
+                json={
+                    "prefix": "def add(a, b):\n    return",
+                    "language": "python",
+                    "max_tokens": 4,
+                },
+                headers=headers,
+            )
+            assert coded.status_code == 200, coded.text
+            for event in ("shown", "accepted"):
+                reported = httpx.post(
+                    sso.gateway.base_url + "/v1/code/events",
+                    json={"completion_id": coded.json()["id"], "event": event},
+                    headers=headers,
+                )
+                assert reported.status_code == 200, reported.text
             # The usage page shows that request (the gateway answers its own
             # unflushed counts too).
             page.get_by_role("link", name="Usage").click()
-            row = page.locator("#usage-table tbody tr", has_text="alice@corp.example")
+            row = page.locator("#usage-table tbody tr", has_text="alice@corp.example").filter(
+                has=page.locator("td", has_text=re.compile("^completion$"))
+            )
             expect(row).to_have_count(1)
             expect(row.locator("td").nth(4)).to_have_text(str(before[0] + 1))
             expect(row.locator("td").nth(6)).to_have_text(
                 str(before[1] + answer.usage.completion_tokens)
             )
+            accepted = page.locator("#acceptance-table tbody tr", has_text="python")
+            expect(accepted).to_contain_text("team-a")
+            expect(accepted.locator("td").nth(5)).to_have_text("100.0 %")
             _screenshot(page, "usage", tmp_path)
             # A name is data, never markup.
             page.get_by_role("link", name="My keys").click()
