@@ -7,6 +7,7 @@ the same: tests/e2e/tiny/test_console_browser.py."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,7 @@ def issuer() -> Iterator[str]:
         yield f"http://localhost:{server.server_port}"
 
 
-def console_config(tmp_path: Path, issuer: str | None) -> Any:
+def console_config(tmp_path: Path, issuer: str | None, **sections: Any) -> Any:
     secret = tmp_path / "client-secret"
     secret.write_text("s3cret\n")
     auth: dict[str, Any] = {"enabled": True, "keys_file": str(tmp_path / "keys.yaml"),
@@ -51,7 +52,7 @@ def console_config(tmp_path: Path, issuer: str | None) -> Any:
             ],
             "admin_groups": ["platform"],
         }
-    return scripted_config(tmp_path, auth=auth)
+    return scripted_config(tmp_path, auth=auth, **sections)
 
 
 class Browser:
@@ -423,5 +424,38 @@ def test_a_read_only_keys_file_is_a_clear_503(tmp_path: Path, issuer: str) -> No
                 error["code"] == "keys_file_read_only"
                 and "writable auth.keys_file" in error["message"]
             )
+
+    run(scenario)
+
+
+def test_console_actions_are_audited_with_the_user_and_never_a_secret(
+    tmp_path: Path, issuer: str
+) -> None:
+    audit_file = tmp_path / "audit.jsonl"
+
+    async def scenario() -> None:
+        config = console_config(tmp_path, issuer, audit={"file": str(audit_file)})
+        async with scripted_gateway(ScriptedEngine("s-0"), config=config) as gw:
+            root = Browser(gw)
+            await root.sign_in_sso("root")
+            created = (await root.post("/console/api/keys", {"name": "ci"})).json()
+            await root.post("/console/api/keys/revoke", {"id": created["key"]["id"]})
+            await root.post("/console/logout")
+            secret = created["secret"]
+        lines = [json.loads(line) for line in audit_file.read_text().splitlines()]
+        actions = [(line["route"], line.get("console"), line.get("user"), line["status"]) for line in lines
+                   if line.get("console")]  # fmt: skip
+        assert actions == [
+            ("/console/callback", "sign-in", "root@corp.example", 303),
+            ("/console/api/keys", "key.create", "root@corp.example", 201),
+            ("/console/api/keys/revoke", "key.revoke", "root@corp.example", 200),
+            ("/console/logout", "sign-out", "root@corp.example", 200),
+        ]
+        targets = [
+            line.get("target_key") for line in lines if line.get("console", "").startswith("key.")
+        ]
+        assert targets == [created["key"]["id"]] * 2
+        assert all(line["tenant"] == "team-a" for line in lines if line.get("console"))
+        assert secret not in audit_file.read_text()
 
     run(scenario)
