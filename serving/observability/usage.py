@@ -21,6 +21,7 @@ import io
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,10 +223,21 @@ class UsageRecorder:
         self.backend = backend
         self.retention_days = retention_days
         self._pending: dict[Table, Counts] = {table: {} for table in TABLES}
+        self._day = ""
+        self._day_ends = 0.0  # epoch seconds when _day is over
         self._flush_lock = asyncio.Lock()
         self._flusher = Periodic(
             "usage flush", self.flush, flush_interval_s, logger=logger, first_at_once=False
         )
+
+    def _today(self) -> str:
+        """Today's UTC date, worked out once a day (not per request)."""
+        now = time.time()
+        if now >= self._day_ends:
+            today = dt.datetime.fromtimestamp(now, dt.UTC).date()
+            self._day = today.isoformat()
+            self._day_ends = (now // 86_400 + 1) * 86_400
+        return self._day
 
     def _counts(self, table: Table, key: tuple[str, ...]) -> list[int]:
         pending = self._pending[table]
@@ -246,7 +258,7 @@ class UsageRecorder:
         now: dt.datetime | None = None,
     ) -> None:
         """One request (the request path: a dict update, nothing more)."""
-        day = (now or dt.datetime.now(dt.UTC)).date().isoformat()
+        day = now.date().isoformat() if now is not None else self._today()
         values = self._counts(USAGE, (day, tenant, user, task))
         values[0] += 1
         values[1] += prompt_tokens
@@ -260,7 +272,7 @@ class UsageRecorder:
         self, *, tenant: str, language: str, event: str, now: dt.datetime | None = None
     ) -> None:
         """A suggestion shown, accepted or dismissed (counted once each)."""
-        day = (now or dt.datetime.now(dt.UTC)).date().isoformat()
+        day = now.date().isoformat() if now is not None else self._today()
         self._counts(SUGGESTIONS, (day, tenant, language))[SUGGESTIONS.counters.index(event)] += 1
 
     async def flush(self) -> None:
