@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -298,3 +299,44 @@ async def _suggestion_events(tmp_path: Path) -> None:
             assert await usage.query(only_b, SUGGESTIONS) == expected[1:]
             assert [r["requests"] for r in await usage.query(ALL)] == [1]
             await usage.stop()
+
+
+class SlowStore:
+    """A store whose add takes until the test lets it finish."""
+
+    def __init__(self, inner: UsageBackend) -> None:
+        self.inner = inner
+        self.adding = threading.Event()
+        self.finish = threading.Event()
+
+    def add(self, table: Table, batch: Counts) -> None:
+        self.adding.set()
+        self.finish.wait(timeout=30)
+        self.inner.add(table, batch)
+
+    def query(self, table: Table, query: UsageQuery) -> Counts:
+        return self.inner.query(table, query)
+
+    def drop_before(self, day: str) -> int:
+        return self.inner.drop_before(day)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_query_during_a_flush_misses_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        store = SlowStore(SqliteUsage(tmp_path / "u.sqlite3"))
+        usage = recorder(store)
+        record(usage)
+        flushing = asyncio.create_task(usage.flush())
+        await asyncio.to_thread(store.adding.wait, 30)  # the batch left pending, not yet stored
+        querying = asyncio.create_task(usage.query(ALL))
+        await asyncio.sleep(0.05)
+        store.finish.set()
+        await flushing
+        rows = await querying
+        assert [r["requests"] for r in rows] == [1]
+        await usage.stop()
+
+    asyncio.run(scenario())

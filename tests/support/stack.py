@@ -16,6 +16,8 @@ import httpx
 import psutil
 import yaml
 
+from serving.admission.keys import create_key
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY_MODEL = "tiny-llama"  # served name of the tiny test model
 DEMO_MODEL = "smollm2-135m-demo"  # served name of the offline demo model
@@ -303,3 +305,18 @@ class JoinedGateway(SeedServeProcess):
         super().__init__(
             "gateway", merged, workdir, extra_args=["--ray-address", state["ray_address"]]
         )
+
+
+def admin_key(stack: SeedServeProcess) -> str:
+    """A new admin key of ``stack``, once its gateway has reloaded the keys file."""
+
+    _, secret = create_key(
+        stack.keys_file, tenant="ops", name=f"bench-{time.monotonic_ns()}", role="admin"
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        answer = httpx.get(stack.base_url + "/metrics", headers={"x-api-key": secret})
+        if answer.status_code == 200:
+            return secret
+        time.sleep(0.3)
+    raise AssertionError("the new admin key never worked")

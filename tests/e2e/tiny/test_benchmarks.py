@@ -2,29 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-import httpx
-
-from serving.admission.keys import create_key
 from tests.support.benchmarks import report, run_benchmark
-from tests.support.stack import TINY_MODEL, SeedServeProcess
-
-
-def admin_key(stack: SeedServeProcess) -> str:
-    """A new admin key of ``stack``, once its gateway has reloaded the keys file."""
-
-    _, secret = create_key(
-        stack.keys_file, tenant="ops", name=f"bench-{time.monotonic_ns()}", role="admin"
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        answer = httpx.get(stack.base_url + "/metrics", headers={"x-api-key": secret})
-        if answer.status_code == 200:
-            return secret
-        time.sleep(0.3)
-    raise AssertionError("the new admin key never worked")
+from tests.support.stack import TINY_MODEL, SeedServeProcess, admin_key
 
 
 def test_load_benchmark_against_the_gateway(tiny_stack: SeedServeProcess, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from oidc_provider_mock import User, run_server_in_thread
 from playwright.sync_api import Page, expect, sync_playwright
 
 from serving.admission.keys import create_key
-from tests.support.stack import TINY_MODEL, JoinedGateway, SeedServeProcess
+from tests.support.stack import TINY_MODEL, JoinedGateway, SeedServeProcess, admin_key
 
 CLIENT_ID = "seed-serve"
 
@@ -307,5 +307,32 @@ def test_a_developer_signs_in_makes_a_key_sees_its_usage_and_revokes_it(
             expect(admin.locator("#routing")).to_have_text("prefix_affinity")
             expect(admin.locator("#replicas-table tbody tr")).to_have_count(2)
             _screenshot(admin, "endpoint", tmp_path)
+        finally:
+            browser.close()
+
+
+def test_without_sso_an_admin_key_signs_in_to_the_console(
+    tiny_stack: SeedServeProcess, tmp_path: Path
+) -> None:
+    """The embedded default (no identity provider): the tiny stack's own
+    gateway, an admin key typed into the console's sign-in form."""
+    admin = admin_key(tiny_stack)
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is missing: `make system-tools` installs it"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(tiny_stack.base_url + "/console")
+            expect(page.locator("#page-sign-in")).to_be_visible()
+            expect(page.locator("#sso-sign-in")).to_be_hidden()  # no provider configured
+            page.locator("#admin-key").fill(tiny_stack.api_key)  # a developer's key: refused
+            page.get_by_role("button", name="Sign in with an admin key").click()
+            expect(page.locator("#notice")).to_contain_text("Only an admin key signs in")
+            page.locator("#admin-key").fill(admin)
+            page.get_by_role("button", name="Sign in with an admin key").click()
+            expect(page.locator("#who")).to_contain_text("admin")
+            page.get_by_role("link", name="Endpoint").click()
+            expect(page.locator("#replicas-table tbody tr")).to_have_count(2)
         finally:
             browser.close()
