@@ -55,6 +55,13 @@ def console_config(tmp_path: Path, issuer: str | None, **sections: Any) -> Any:
     return scripted_config(tmp_path, auth=auth, **sections)
 
 
+def console_gateway(tmp_path: Path, issuer: str | None, **sections: Any) -> Any:
+    """The real gateway app in front of one scripted engine, with the console."""
+    return scripted_gateway(
+        ScriptedEngine("s-0"), config=console_config(tmp_path, issuer, **sections)
+    )
+
+
 class Browser:
     """Cookies and the CSRF token, as the console page keeps them."""
 
@@ -125,9 +132,7 @@ def run(scenario: Any) -> None:
 
 def test_sso_sign_in_makes_a_session_with_safe_cookies(tmp_path: Path, issuer: str) -> None:
     async def scenario() -> None:
-        async with scripted_gateway(
-            ScriptedEngine("s-0"), config=console_config(tmp_path, issuer)
-        ) as gw:
+        async with console_gateway(tmp_path, issuer) as gw:
             browser = Browser(gw)
             reply = await browser.sign_in_sso("alice")
             assert reply.status == 303 and reply.headers["location"] == "/console"
@@ -168,9 +173,7 @@ def test_sso_sign_in_makes_a_session_with_safe_cookies(tmp_path: Path, issuer: s
 
 def test_a_replayed_or_forged_callback_makes_no_session(tmp_path: Path, issuer: str) -> None:
     async def scenario() -> None:
-        async with scripted_gateway(
-            ScriptedEngine("s-0"), config=console_config(tmp_path, issuer)
-        ) as gw:
+        async with console_gateway(tmp_path, issuer) as gw:
             browser = Browser(gw)
             await browser.sign_in_sso("alice")
             # Another browser given alice's callback link (no sign-in cookie of its own).
@@ -193,9 +196,7 @@ def test_a_replayed_or_forged_callback_makes_no_session(tmp_path: Path, issuer: 
 
 def test_session_fixation_a_planted_cookie_is_never_promoted(tmp_path: Path, issuer: str) -> None:
     async def scenario() -> None:
-        async with scripted_gateway(
-            ScriptedEngine("s-0"), config=console_config(tmp_path, issuer)
-        ) as gw:
+        async with console_gateway(tmp_path, issuer) as gw:
             first = Browser(gw)
             await first.sign_in_sso("alice")
             planted = first.cookies["seed_serve_session"]
@@ -219,9 +220,7 @@ def test_csrf_token_missing_or_wrong_and_cross_site_origins_are_refused(
     tmp_path: Path, issuer: str
 ) -> None:
     async def scenario() -> None:
-        async with scripted_gateway(
-            ScriptedEngine("s-0"), config=console_config(tmp_path, issuer)
-        ) as gw:
+        async with console_gateway(tmp_path, issuer) as gw:
             browser = Browser(gw)
             await browser.sign_in_sso("alice")
             for reply in (
@@ -253,9 +252,7 @@ def test_developers_manage_their_own_keys_and_see_only_their_own_usage(
     tmp_path: Path, issuer: str
 ) -> None:
     async def scenario() -> None:
-        async with scripted_gateway(
-            ScriptedEngine("s-0"), config=console_config(tmp_path, issuer)
-        ) as gw:
+        async with console_gateway(tmp_path, issuer) as gw:
             alice, bob = Browser(gw), Browser(gw)
             await alice.sign_in_sso("alice")
             await bob.sign_in_sso("bob")
@@ -317,9 +314,7 @@ def test_admins_see_every_tenant_and_names_are_data_not_markup(tmp_path: Path, i
     async def scenario() -> None:
         keys_file = tmp_path / "keys.yaml"
         create_key(keys_file, tenant="team-b", name='<img src=x onerror="alert(1)">', owner="bob")
-        async with scripted_gateway(
-            ScriptedEngine("s-0"), config=console_config(tmp_path, issuer)
-        ) as gw:
+        async with console_gateway(tmp_path, issuer) as gw:
             root = Browser(gw)
             await root.sign_in_sso("root")
             assert (await root.get("/console/api/me")).json()["role"] == "admin"
@@ -344,9 +339,7 @@ def test_without_sso_an_admin_key_signs_in_and_a_developer_key_does_not(tmp_path
         keys_file = tmp_path / "keys.yaml"
         _, admin = create_key(keys_file, tenant="ops", name="root", role="admin")
         _, developer = create_key(keys_file, tenant="team-a", name="dev")
-        async with scripted_gateway(
-            ScriptedEngine("s-0"), config=console_config(tmp_path, None)
-        ) as gw:
+        async with console_gateway(tmp_path, None) as gw:
             page = await Browser(gw).get("/console")
             assert b'data-sso="0"' in page.body
             away = await Browser(gw).get("/console/login")
@@ -372,8 +365,7 @@ def test_without_sso_an_admin_key_signs_in_and_a_developer_key_does_not(tmp_path
 
 def test_acceptance_rates_by_tenant_and_language(tmp_path: Path, issuer: str) -> None:
     async def scenario() -> None:
-        config = console_config(tmp_path, issuer)
-        async with scripted_gateway(ScriptedEngine("s-0"), config=config) as gw:
+        async with console_gateway(tmp_path, issuer) as gw:
             alice, bob, root = Browser(gw), Browser(gw), Browser(gw)
             for browser, sub in ((alice, "alice"), (bob, "bob"), (root, "root")):
                 await browser.sign_in_sso(sub)
@@ -434,8 +426,7 @@ def test_console_actions_are_audited_with_the_user_and_never_a_secret(
     audit_file = tmp_path / "audit.jsonl"
 
     async def scenario() -> None:
-        config = console_config(tmp_path, issuer, audit={"file": str(audit_file)})
-        async with scripted_gateway(ScriptedEngine("s-0"), config=config) as gw:
+        async with console_gateway(tmp_path, issuer, audit={"file": str(audit_file)}) as gw:
             root = Browser(gw)
             await root.sign_in_sso("root")
             created = (await root.post("/console/api/keys", {"name": "ci"})).json()

@@ -108,17 +108,13 @@ async def _gateways_sharing_the_file_add_up_and_pending_counts_join_flushed_ones
     assert path.stat().st_mode & 0o077 == 0
 
 
-class FailingOnce:
-    """A store that refuses its first add (a full disk, Redis away)."""
+class WrappedStore:
+    """A store in front of another: what the wrappers below do not change."""
 
     def __init__(self, inner: UsageBackend) -> None:
         self.inner = inner
-        self.failed = False
 
     def add(self, table: Table, batch: Counts) -> None:
-        if not self.failed:
-            self.failed = True
-            raise OSError("disk full")
         self.inner.add(table, batch)
 
     def query(self, table: Table, query: UsageQuery) -> Counts:
@@ -129,6 +125,20 @@ class FailingOnce:
 
     def close(self) -> None:
         self.inner.close()
+
+
+class FailingOnce(WrappedStore):
+    """A store that refuses its first add (a full disk, Redis away)."""
+
+    def __init__(self, inner: UsageBackend) -> None:
+        super().__init__(inner)
+        self.failed = False
+
+    def add(self, table: Table, batch: Counts) -> None:
+        if not self.failed:
+            self.failed = True
+            raise OSError("disk full")
+        self.inner.add(table, batch)
 
 
 def test_a_failed_flush_keeps_the_counts_for_the_next(tmp_path: Path) -> None:
@@ -301,11 +311,11 @@ async def _suggestion_events(tmp_path: Path) -> None:
             await usage.stop()
 
 
-class SlowStore:
+class SlowStore(WrappedStore):
     """A store whose add takes until the test lets it finish."""
 
     def __init__(self, inner: UsageBackend) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.adding = threading.Event()
         self.finish = threading.Event()
 
@@ -313,15 +323,6 @@ class SlowStore:
         self.adding.set()
         self.finish.wait(timeout=30)
         self.inner.add(table, batch)
-
-    def query(self, table: Table, query: UsageQuery) -> Counts:
-        return self.inner.query(table, query)
-
-    def drop_before(self, day: str) -> int:
-        return self.inner.drop_before(day)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def test_a_query_during_a_flush_misses_nothing(tmp_path: Path) -> None:
