@@ -242,6 +242,17 @@ def ready_snippet(config: ServingConfig, replicas: list[ReplicaInfo], api_key: s
         f'  python -c \'from openai import OpenAI; c = OpenAI(base_url="{url}", api_key="{key}"); '
         f'print(c.completions.create(model="{model}", prompt="def fibonacci(n):", '
         "max_tokens=64).choices[0].text)'\n"
+        + (
+            f"\n  Console: {url.removesuffix('/v1')}/console  (sign in "
+            + (
+                "with your company account)\n"
+                if config.auth.oidc is not None
+                else "with an admin key: seed-serve keys create --tenant ops --name me "
+                "--role admin)\n"
+            )
+            if config.console.enabled
+            else ""
+        )
     )
 
 

@@ -1,4 +1,5 @@
-"""`seed-serve` as users run it: its version, and the errors it reports before starting anything."""
+"""`seed-serve` as users run it: its version, the errors it reports before
+starting anything, and what it prints once ready."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from serving.config import ServingConfig
+from serving.runtime import ready_snippet
 from tests.support.stack import ROOT, free_port
 
 
@@ -108,3 +111,16 @@ def test_incomplete_demo_model_is_never_served(tmp_path: Path) -> None:
     result = run_cli("up", "--port", str(free_port()), env={"SEED_SERVE_HOME": str(tmp_path)})
     assert result.returncode == 2
     assert "incomplete demo-model build" in result.stderr
+
+
+def test_the_ready_snippet_shows_the_console_and_how_to_sign_in() -> None:
+    embedded = ServingConfig()
+    snippet = ready_snippet(embedded, [], "sk-seed-x")
+    assert "Console: http://127.0.0.1:8000/console" in snippet
+    assert "--role admin" in snippet  # no identity provider: an admin key signs in
+    sso = ServingConfig.model_validate(
+        {"auth": {"oidc": {"issuer": "https://idp.example", "client_id": "seed-serve"}}}
+    )
+    assert "with your company account" in ready_snippet(sso, [], "sk-seed-x")
+    off = ServingConfig.model_validate({"console": {"enabled": False}})
+    assert "Console" not in ready_snippet(off, [], "sk-seed-x")
