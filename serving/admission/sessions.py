@@ -21,14 +21,17 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from serving.admission.keys import Principal, TenantRecord, person_principal
-from serving.errors import AuthenticationError, PermissionDeniedError
+from serving.errors import AuthenticationError, PermissionDeniedError, ServiceUnavailableError
+
+logger = logging.getLogger("seed_serve.console")
 
 Role = Literal["user", "admin"]
 SESSION_COOKIE = "seed_serve_session"
@@ -62,7 +65,6 @@ class SessionSigner:
             raise ValueError("the console's session secret must be at least 32 bytes")
         self._secret = secret
         self.ttl_s = ttl_s
-        self._revoked: dict[str, float] = {}  # sid -> its expiry
 
     def _sign(self, purpose: str, record: dict[str, Any]) -> str:
         body = _b64(json.dumps(record, separators=(",", ":")).encode())
@@ -105,8 +107,10 @@ class SessionSigner:
         return session, self._sign("session", record)
 
     def session(self, cookie: str | None) -> ConsoleSession | None:
+        """The session a cookie carries, if it is genuine and unexpired (sign-outs:
+        :class:`SignOuts`)."""
         record = self._open("session", cookie)
-        if record is None or record.get("sid") in self._revoked:
+        if record is None:
             return None
         try:
             return ConsoleSession(
@@ -119,11 +123,6 @@ class SessionSigner:
             )
         except KeyError:
             return None
-
-    def revoke(self, session: ConsoleSession) -> None:
-        now = time.time()
-        self._revoked = {sid: exp for sid, exp in self._revoked.items() if exp > now}
-        self._revoked[session.sid] = session.expires
 
     def csrf_token(self, session: ConsoleSession) -> str:
         return _b64(hmac.new(self._secret, f"csrf.{session.sid}".encode(), hashlib.sha256).digest())
@@ -172,20 +171,73 @@ def read_cookie(header: bytes | None, name: str) -> str | None:
     return None
 
 
+class SignOuts:
+    """Sessions signed out before they expired: remembered here, and in Redis
+    when gateways share it (then a sign-out on one is refused by all)."""
+
+    PREFIX = "seed-serve:signed-out:"
+
+    def __init__(self, redis_url: str | None = None) -> None:
+        self._local: dict[str, float] = {}  # sid -> its expiry
+        self._redis: Any = None
+        if redis_url is not None:
+            import redis.asyncio as redis
+
+            self._redis = redis.Redis.from_url(
+                redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
+            )
+
+    async def sign_out(self, session: ConsoleSession) -> None:
+        now = time.time()
+        self._local = {sid: exp for sid, exp in self._local.items() if exp > now}
+        self._local[session.sid] = session.expires
+        if self._redis is not None:
+            ttl = max(1, int(session.expires - now) + 1)
+            await self._guarded(self._redis.set(self.PREFIX + session.sid, b"1", ex=ttl))
+
+    async def signed_out(self, session: ConsoleSession) -> bool:
+        if session.sid in self._local:
+            return True
+        if self._redis is None:
+            return False
+        return bool(await self._guarded(self._redis.exists(self.PREFIX + session.sid)))
+
+    async def _guarded(self, call: Awaitable[Any]) -> Any:
+        """Redis away: the console refuses (a signed-out session must not pass)."""
+        try:
+            return await call
+        except Exception as exc:
+            logger.warning("sign-out store unreachable: %s", exc)
+            raise ServiceUnavailableError(
+                "The console cannot check sessions right now; try again shortly.",
+                code="session_store_unavailable",
+            ) from None
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+
 class ConsoleAuth:
     """The front door's check of a console request: a valid session cookie,
     and for anything but GET/HEAD the session's CSRF token and a same-origin
     Origin (when the browser sends one)."""
 
-    def __init__(self, signer: SessionSigner, tenants: Callable[[str], TenantRecord]) -> None:
+    def __init__(
+        self,
+        signer: SessionSigner,
+        tenants: Callable[[str], TenantRecord],
+        sign_outs: SignOuts | None = None,
+    ) -> None:
         self.signer = signer
         self.tenants = tenants
+        self.sign_outs = sign_outs or SignOuts()
 
-    def principal(
+    async def principal(
         self, headers: dict[bytes, bytes], method: str, scheme: str
     ) -> tuple[Principal, ConsoleSession]:
         session = self.signer.session(read_cookie(headers.get(b"cookie"), SESSION_COOKIE))
-        if session is None:
+        if session is None or await self.sign_outs.signed_out(session):
             raise AuthenticationError(
                 "Not signed in to the console (or the session ended): sign in again.",
                 code="no_session",

@@ -16,7 +16,7 @@ from serving.admission.jwt_auth import OidcSignIn
 from serving.admission.models import ModelResolver
 from serving.admission.quotas import Quotas
 from serving.admission.scheduler import AdmissionScheduler
-from serving.admission.sessions import ConsoleAuth, SessionSigner
+from serving.admission.sessions import ConsoleAuth, SessionSigner, SignOuts
 from serving.api.admin import AdminServing
 from serving.api.code_serving import CodeServing
 from serving.api.console import ConsoleServing
@@ -155,6 +155,7 @@ def build_app(
         metrics_on_main_port=config.gateway.metrics_port is None, console=config.console.enabled
     )
     signer = SessionSigner(_session_secret(config.console), config.console.session_ttl_s)
+    sign_outs = SignOuts(config.console.sign_outs_redis_url)
     console = ConsoleServing(
         config.console,
         signer,
@@ -164,6 +165,7 @@ def build_app(
         if config.auth.oidc is not None and auth.jwt is not None
         else None,
         usage=usage,
+        sign_outs=sign_outs,
     )
     routes = RouteTable(
         declared,
@@ -196,7 +198,9 @@ def build_app(
         else "x-seed-serve-session",
         training_data=config.adapters.training_data,
         usage=usage,
-        console=ConsoleAuth(signer, auth.tenant_record) if config.console.enabled else None,
+        console=ConsoleAuth(signer, auth.tenant_record, sign_outs)
+        if config.console.enabled
+        else None,
     )
 
     async def startup() -> None:
@@ -223,6 +227,7 @@ def build_app(
         await events.close()
         if usage is not None:
             await usage.stop()
+        await sign_outs.close()
         audit.close()
 
     app = GatewayApp(

@@ -33,6 +33,7 @@ from serving.admission.sessions import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
     SessionSigner,
+    SignOuts,
     cookie_header,
     pkce_pair,
     read_cookie,
@@ -128,9 +129,11 @@ class ConsoleServing:
         keys_file: Path,
         sign_in: OidcSignIn | None,
         usage: UsageRecorder | None,
+        sign_outs: SignOuts,
     ) -> None:
         self.config = config
         self.signer = signer
+        self.sign_outs = sign_outs
         self.auth = auth
         self.keys_file = keys_file
         self.sign_in = sign_in
@@ -250,7 +253,7 @@ class ConsoleServing:
         """POST /console/logout: the session ends here and now."""
         session = self.signer.session(read_cookie(ctx.headers.get(b"cookie"), SESSION_COOKIE))
         if session is not None:
-            self.signer.revoke(session)
+            await self.sign_outs.sign_out(session)
         ctx.audit_extra["console"] = "sign-out"
         return json_answer(
             {"signed_in": False},

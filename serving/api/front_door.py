@@ -147,7 +147,7 @@ class FrontDoor:
                     if access in _CONSOLE:
                         if self.console is None:
                             raise NotFoundError(self.routes.unknown_route_message())
-                        principal, signed_in = self.console.principal(
+                        principal, signed_in = await self.console.principal(
                             headers, ctx.method, ctx.scheme
                         )
                         ctx.console_sid = signed_in.sid

@@ -91,6 +91,12 @@ class ConsoleConfig(Strict):
         description="The console's external base URL, for the sign-in redirect (null: the "
         "request's own scheme and Host).",
     )
+    sign_outs_redis_url: str | None = Field(
+        default=None,
+        description="Redis that shares sign-outs between gateways, so a signed-out session is "
+        "refused by all of them (null: by the gateway that signed it out; others accept the "
+        "cookie until it expires).",
+    )
     key_ttl_days: int | None = Field(
         default=90, ge=1, le=3650, description="Expiry of self-service keys (null: none)."
     )

@@ -20,6 +20,7 @@ from oidc_provider_mock import User, run_server_in_thread
 
 from serving.admission.keys import create_key, load_keys_file
 from tests.support.asgi import Reply, ScriptedGateway, scripted_config, scripted_gateway
+from tests.support.redis_server import redis_server
 from tests.support.scripted_engine import ScriptedEngine
 
 USERS = [
@@ -37,6 +38,7 @@ def issuer() -> Iterator[str]:
 
 
 def console_config(tmp_path: Path, issuer: str | None, **sections: Any) -> Any:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     secret = tmp_path / "client-secret"
     secret.write_text("s3cret\n")
     auth: dict[str, Any] = {"enabled": True, "keys_file": str(tmp_path / "keys.yaml"),
@@ -450,3 +452,29 @@ def test_console_actions_are_audited_with_the_user_and_never_a_secret(
         assert secret not in audit_file.read_text()
 
     run(scenario)
+
+
+def test_gateways_sharing_the_secret_share_sessions_and_sign_outs(
+    tmp_path: Path, issuer: str
+) -> None:
+    secret_file = tmp_path / "session-secret"
+    secret_file.write_text("x" * 48)
+
+    async def scenario(redis_url: str) -> None:
+        console = {"session_secret_file": str(secret_file), "sign_outs_redis_url": redis_url}
+        async with (
+            console_gateway(tmp_path / "a", issuer, console=console) as a,
+            console_gateway(tmp_path / "b", issuer, console=console) as b,
+        ):
+            on_a = Browser(a)
+            await on_a.sign_in_sso("alice")
+            on_b = Browser(b)
+            on_b.cookies = dict(on_a.cookies)  # the load balancer sent the next request to b
+            assert (await on_b.get("/console/api/me")).json()["user"] == "alice@corp.example"
+            stolen = dict(on_a.cookies)
+            assert (await on_a.post("/console/logout")).status == 200
+            on_b.cookies = stolen
+            assert (await on_b.get("/console/api/me")).status == 401
+
+    with redis_server(tmp_path) as (port, _):
+        run(lambda: scenario(f"redis://127.0.0.1:{port}/0"))

@@ -266,6 +266,8 @@ def test_rendered_config_is_one_the_gateway_accepts(
         assert config.quotas.redis_url == config.telemetry.redis_url
         # Usage records: every gateway pod's, in one place (chargeback).
         assert config.usage.backend == "redis" and config.usage.redis_url == config.quotas.redis_url
+        # A sign-out on one gateway pod is refused by all.
+        assert config.console.sign_outs_redis_url == config.quotas.redis_url
         if redis.get("deploy"):
             service = one(manifests, "Service", "-redis")
             assert config.quotas.redis_url == (

@@ -160,6 +160,9 @@ app.kubernetes.io/component: gateway
 {{- $_ := set $usage "backend" "redis" -}}
 {{- $_ := set $usage "redis_url" $redis -}}
 {{- $_ := set $config "usage" $usage -}}
+{{- $signOuts := get $config "console" | default dict -}}
+{{- $_ := set $signOuts "sign_outs_redis_url" $redis -}}
+{{- $_ := set $config "console" $signOuts -}}
 {{- end -}}
 {{- toYaml $config -}}
 {{- end -}}
