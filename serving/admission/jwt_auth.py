@@ -43,18 +43,27 @@ def looks_like_jwt(credential: str) -> bool:
     return credential.count(".") == 2 and credential.startswith("eyJ")
 
 
-async def fetch_json(url: str) -> Any:
-    """GET ``url`` as JSON, off the event loop (standard library TLS)."""
-
+async def _json_over_http(
+    url: str, data: bytes | None = None, headers: dict[str, str] | None = None
+) -> Any:
+    """One request to the provider (GET, or POST with ``data``), its JSON
+    answer; off the event loop (standard library TLS)."""
     if not url.startswith(("https://", "http://")):
         raise ValueError(f"not an HTTP(S) URL: {url!r}")
+    request = urllib.request.Request(
+        url, data=data, headers={"Accept": "application/json", **(headers or {})}
+    )
 
-    def get() -> Any:
-        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    def send() -> Any:
         with urllib.request.urlopen(request, timeout=_FETCH_TIMEOUT_S) as response:
             return json.loads(response.read())
 
-    return await asyncio.to_thread(get)
+    return await asyncio.to_thread(send)
+
+
+async def fetch_json(url: str) -> Any:
+    """GET ``url`` as JSON."""
+    return await _json_over_http(url)
 
 
 def _refused(message: str) -> AuthenticationError:
@@ -209,15 +218,8 @@ class JwtAuthenticator:
 
     def identity(self, claims: dict[str, Any]) -> tuple[str, str, Literal["user", "admin"]]:
         """(user, tenant, role) of verified claims; 403 if no group maps to a tenant."""
-        principal = self._principal(claims)
-        assert principal.key.owner is not None
-        return principal.key.owner, principal.tenant_name, principal.key.role
-
-    def _principal(self, claims: dict[str, Any]) -> Principal:
         groups = claims.get(self.config.groups_claim) or []
-        if isinstance(groups, str):
-            groups = [groups]
-        groups = {str(g) for g in groups}
+        groups = {str(g) for g in ([groups] if isinstance(groups, str) else groups)}
         tenant = next((m.tenant for m in self.config.tenants if m.group in groups), None)
         if tenant is None:
             raise PermissionDeniedError(
@@ -228,11 +230,15 @@ class JwtAuthenticator:
         user = next(
             (str(claims[c]) for c in self.config.user_claims if claims.get(c)), str(claims["sub"])
         )
+        return user, tenant, "admin" if groups & set(self.config.admin_groups) else "user"
+
+    def _principal(self, claims: dict[str, Any]) -> Principal:
+        user, tenant, role = self.identity(claims)
         return person_principal(
             subject=f"{claims['iss']}\0{claims['sub']}",
             user=user,
             tenant=tenant,
-            role="admin" if groups & set(self.config.admin_groups) else "user",
+            role=role,
             tenant_record=self.tenants(tenant),
             created=dt.datetime.fromtimestamp(float(claims["iat"]), dt.UTC),
             expires=dt.datetime.fromtimestamp(float(claims["exp"]), dt.UTC),
@@ -317,24 +323,13 @@ PostForm = Callable[[str, dict[str, str], tuple[str, str]], Awaitable[Any]]
 
 async def post_form_json(url: str, form: dict[str, str], basic: tuple[str, str]) -> Any:
     """POST a form with HTTP Basic client authentication; the JSON answer."""
-    if not url.startswith(("https://", "http://")):
-        raise ValueError(f"not an HTTP(S) URL: {url!r}")
-    user = urllib.parse.quote(basic[0], safe="")
-    password = urllib.parse.quote(basic[1], safe="")
+    user, password = (urllib.parse.quote(part, safe="") for part in basic)
     credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
-
-    def post() -> Any:
-        request = urllib.request.Request(
-            url,
-            data=urllib.parse.urlencode(form).encode(),
-            headers={
-                "Accept": "application/json",
-                "Content-Type": "application/x-www-form-urlencoded",
-                "Authorization": f"Basic {credentials}",
-            },
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=_FETCH_TIMEOUT_S) as response:
-            return json.loads(response.read())
-
-    return await asyncio.to_thread(post)
+    return await _json_over_http(
+        url,
+        data=urllib.parse.urlencode(form).encode(),
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Authorization": f"Basic {credentials}",
+        },
+    )

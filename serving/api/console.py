@@ -39,7 +39,7 @@ from serving.admission.sessions import (
     read_cookie,
 )
 from serving.api.responses import BodyAnswer, json_answer
-from serving.api.usage import UsageParams
+from serving.api.usage import UsageParams, recorder_of
 from serving.config import ConsoleConfig
 from serving.errors import (
     APIError,
@@ -49,7 +49,7 @@ from serving.errors import (
     PermissionDeniedError,
     ServiceUnavailableError,
 )
-from serving.observability.usage import SUGGESTIONS, UsageRecorder
+from serving.observability.usage import SUGGESTIONS, UsageQuery, UsageRecorder
 from serving.request_context import RequestContext
 
 T = TypeVar("T")
@@ -102,6 +102,19 @@ class TenantParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tenant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _scoped(params: UsageParams, ctx: RequestContext, *, per_user: bool) -> UsageQuery:
+    """The records a caller may read: an admin's as asked; a developer's only
+    their tenant's (and, ``per_user``, only their own), asking for others' a 403."""
+    if ctx.role != "admin":
+        mine = {"tenant": ctx.tenant, **({"user": ctx.user} if per_user else {})}
+        if any(getattr(params, field) not in (None, value) for field, value in mine.items()):
+            raise PermissionDeniedError(
+                "Another tenant's or user's records are for admins.", code="other_tenant"
+            )
+        params = params.model_copy(update=mine)
+    return params.query(dt.datetime.now(dt.UTC).date())
 
 
 def _key_view(record: KeyRecord, now: dt.datetime) -> dict[str, Any]:
@@ -399,18 +412,9 @@ class ConsoleServing:
 
     async def usage_view(self, params: UsageParams, ctx: RequestContext) -> BodyAnswer:
         """GET /console/api/usage: mine; an admin's: everyone's (filters apply)."""
-        if self.usage is None:
-            raise ServiceUnavailableError(
-                "Usage records are off (usage.enabled).", code="usage_off"
-            )
-        if ctx.role != "admin":
-            if params.tenant not in (None, ctx.tenant) or params.user not in (None, ctx.user):
-                raise PermissionDeniedError(
-                    "Another tenant's or user's usage is for admins.", code="other_tenant"
-                )
-            params = params.model_copy(update={"tenant": ctx.tenant, "user": ctx.user})
-        query = params.query(dt.datetime.now(dt.UTC).date())
-        rows = await self.usage.query(query)
+        recorder = recorder_of(self.usage)
+        query = _scoped(params, ctx, per_user=True)
+        rows = await recorder.query(query)
         return json_answer(
             {"since": query.since.isoformat(), "until": query.until.isoformat(), "data": rows},
             headers=_SECURITY_HEADERS,
@@ -420,19 +424,10 @@ class ConsoleServing:
         """GET /console/api/acceptance: suggestions shown, accepted, dismissed
         and the acceptance rate per tenant and language (developers: their
         tenant's; admins: every tenant's)."""
-        if self.usage is None:
-            raise ServiceUnavailableError(
-                "Usage records are off (usage.enabled).", code="usage_off"
-            )
-        if ctx.role != "admin":
-            if params.tenant not in (None, ctx.tenant):
-                raise PermissionDeniedError(
-                    "Another tenant's acceptance rates are for admins.", code="other_tenant"
-                )
-            params = params.model_copy(update={"tenant": ctx.tenant})
-        query = params.model_copy(update={"user": None}).query(dt.datetime.now(dt.UTC).date())
+        recorder = recorder_of(self.usage)
+        query = _scoped(params.model_copy(update={"user": None}), ctx, per_user=False)
         totals: dict[tuple[str, str], dict[str, int]] = {}
-        for row in await self.usage.query(query, SUGGESTIONS):
+        for row in await recorder.query(query, SUGGESTIONS):
             total = totals.setdefault(
                 (row["tenant"], row["language"]), dict.fromkeys(SUGGESTIONS.counters, 0)
             )

@@ -32,7 +32,6 @@ from serving.config import GatewayConfig
 from serving.errors import (
     APIError,
     BadRequestError,
-    NotFoundError,
     PermissionDeniedError,
     ServiceUnavailableError,
 )
@@ -145,8 +144,8 @@ class FrontDoor:
                 if access is not Access.OPEN:
                     self.auth.check_network(ctx.client_ip)
                     if access in _CONSOLE:
-                        if self.console is None:
-                            raise NotFoundError(self.routes.unknown_route_message())
+                        # Console routes are declared only with the console on.
+                        assert self.console is not None
                         principal, signed_in = await self.console.principal(
                             headers, ctx.method, ctx.scheme
                         )

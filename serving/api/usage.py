@@ -49,18 +49,23 @@ class UsageParams(BaseModel):
         return UsageQuery(since=since, until=until, tenant=self.tenant, user=self.user)
 
 
+def recorder_of(recorder: UsageRecorder | None) -> UsageRecorder:
+    """The gateway's usage records, or a 503 saying they are off."""
+    if recorder is None:
+        raise ServiceUnavailableError(
+            "Usage records are off on this gateway (usage.enabled).", code="usage_off"
+        )
+    return recorder
+
+
 class UsageServing:
     def __init__(self, recorder: UsageRecorder | None) -> None:
         self.recorder = recorder
 
     async def admin_usage(self, params: UsageParams, ctx: RequestContext) -> BodyAnswer:
         """Every tenant's usage (admins), as JSON or CSV."""
-        if self.recorder is None:
-            raise ServiceUnavailableError(
-                "Usage records are off on this gateway (usage.enabled).", code="usage_off"
-            )
         query = params.query(dt.datetime.now(dt.UTC).date())
-        rows = await self.recorder.query(query)
+        rows = await recorder_of(self.recorder).query(query)
         if params.format == "csv":
             name = f"usage-{query.since.isoformat()}-{query.until.isoformat()}.csv"
             return BodyAnswer(
