@@ -7,15 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from serving.paths import seed_serve_home
+from serving.paths import demo_model_dir, seed_serve_home
 from serving.tiny_model import build_tiny_model
 from tests.support.k8s_cluster import K8sCluster
 from tests.support.stack import (
     TINY_STACK_ARGS,
     TINY_STACK_ENV,
     SeedServeProcess,
+    demo_stack_config,
     scale_out_stack_config,
     tiny_stack_config,
+    unplaceable_stack_config,
 )
 
 E2E = Path(__file__).parent / "e2e"
@@ -28,8 +30,9 @@ K8S = E2E / "k8s"
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Unit tests first; then the end-to-end tests: tiny/ (its stack starts
     with the session, see ``early_tiny_stack``; k8s/'s cluster starts while
-    it runs, see ``early_k8s_cluster``), k8s/ (its cluster ready by then),
-    demo/ (the scale-out stack starts while it runs, see
+    it runs, see ``early_k8s_cluster``), k8s/ (its cluster ready by then; the
+    demo stack starts while it runs, see ``early_demo_stack``), demo/ (the
+    scale-out stack starts while it runs, see
     ``early_scale_out_stack``), test_scale_out.py, and the tests that start
     stacks of their own. pytest's order is kept within each.
 
@@ -107,6 +110,57 @@ def early_scale_out_stack(
         yield stack
     finally:
         stack.stop()
+        stack.kill_tree()
+
+
+@pytest.fixture(scope="session")
+def early_demo_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SeedServeProcess | None]:
+    """demo/'s stack (the real demo model), started (not waited for) when
+    first asked: by k8s/ once its gateway is ready, so that the demo engine
+    (on the last core: k8s/'s has the first) boots while k8s/'s tests run
+    (the demo stack's start-up was ~60 s of demo/'s first test), or by demo/
+    itself. demo/ stops it when its tests end; this only cleans up. None when
+    demo/ does not run or the demo model is missing (demo/ then fails saying so)."""
+    model = demo_model_dir()
+    if (
+        not any(DEMO in Path(item.path).parents for item in request.session.items)
+        or not (model / ".seed-serve-complete").exists()
+    ):
+        yield None
+        return
+    # A process group of its own: demo/test_stopping.py stops it as systemd would.
+    stack = SeedServeProcess(
+        "up", demo_stack_config(model), tmp_path_factory.mktemp("demo-stack"), own_group=True
+    )
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        stack.kill_tree()
+
+
+@pytest.fixture(scope="session")
+def early_unplaceable_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SeedServeProcess | None]:
+    """test_scale_out.py's `seed-serve up` that must fail to place a replica,
+    started (not waited for) by tiny/ once its stack is ready: its Ray start-up
+    and refusal (~15 s) then run on the CPU tiny/'s tests leave idle, and the
+    test only reads how it ended. None when test_scale_out.py does not run
+    (the test then starts it itself)."""
+    if not any(Path(item.path) == SCALE_OUT for item in request.session.items):
+        yield None
+        return
+    stack = SeedServeProcess(
+        "up",
+        unplaceable_stack_config(request.getfixturevalue("tiny_model_dir")),
+        tmp_path_factory.mktemp("unplaceable"),
+    )
+    try:
+        yield stack
+    finally:
         stack.kill_tree()
 
 

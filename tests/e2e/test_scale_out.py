@@ -28,7 +28,7 @@ from tests.support.stack import (
     engine_metric,
     free_port,
     replica_endpoints,
-    tiny_config,
+    unplaceable_stack_config,
 )
 
 BODY = {"model": TINY_MODEL, "prompt": "def f(x):", "max_tokens": 4, "temperature": 0}
@@ -539,14 +539,13 @@ def test_runtime_scaling_under_traffic(stack: SeedServeProcess, admin: str) -> N
     assert bad.status_code == 400 and "no replica group" in bad.json()["error"]["message"]
 
 
-def test_unplaceable_replica_fails_clearly(tiny_model_dir: Path, tmp_path: Path) -> None:
-    config = tiny_config(tiny_model_dir, port=free_port(), replicas=1, name="gpu")
-    config["ray"]["namespace"] = "test-place"
-    engine = config["replica_groups"][0]["engine"]
-    engine.update({"device": "cuda", "tensor_parallel_size": 2, "dtype": "bfloat16"})
-    engine.pop("cpu_affinity")
-    config["replica_groups"][0]["placement_timeout_s"] = 1
-    process = SeedServeProcess("up", config, tmp_path)
+def test_unplaceable_replica_fails_clearly(
+    early_unplaceable_stack: SeedServeProcess | None, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Started early by tests/conftest.py when the whole suite runs (it only waits to fail).
+    process = early_unplaceable_stack or SeedServeProcess(
+        "up", unplaceable_stack_config(tiny_model_dir), tmp_path
+    )
     try:
         code = process.process.wait(timeout=180)
         log = process.log()

@@ -118,6 +118,42 @@ def scale_out_stack_config(model_dir: Path) -> dict[str, Any]:
     return config
 
 
+def unplaceable_stack_config(model_dir: Path) -> dict[str, Any]:
+    """tests/e2e/test_scale_out.py's unplaceable replica: two GPUs asked of a
+    cluster with none, given 1 s to be placed; `seed-serve up` must fail clearly."""
+    config = tiny_config(model_dir, port=free_port(), replicas=1, name="gpu")
+    config["ray"]["namespace"] = "test-place"
+    engine = config["replica_groups"][0]["engine"]
+    engine.update({"device": "cuda", "tensor_parallel_size": 2, "dtype": "bfloat16"})
+    engine.pop("cpu_affinity")
+    config["replica_groups"][0]["placement_timeout_s"] = 1
+    return config
+
+
+def demo_stack_config(model_dir: Path) -> dict[str, Any]:
+    """tests/e2e/demo's stack: one replica of the real demo model (SmolLM2-135M)
+    on CPU, on the last core (k8s/'s engine, beside which it boots, has the first)."""
+    return {
+        "gateway": {"host": "127.0.0.1", "port": free_port()},
+        "ray": {"num_cpus": 2, "namespace": "test-demo"},
+        "replica_groups": [
+            {
+                "name": "demo",
+                "replicas": 1,
+                "engine": {
+                    "model": str(model_dir),
+                    "served_model_name": DEMO_MODEL,
+                    "max_model_len": 2048,
+                    "cpu_kv_cache_gib": 1,
+                    "cpu_affinity": ENGINE_CORES,
+                    "extra_args": dict(TEST_ENGINE_ARGS),
+                    "env": dict(TEST_ENGINE_ENV),
+                },
+            }
+        ],
+    }
+
+
 class SeedServeProcess:
     """A `seed-serve` command in its own home folder, logging to a file."""
 

@@ -1,5 +1,6 @@
 """The demo stack: `seed-serve up` with the real demo model (SmolLM2-135M) on
-CPU. It lives while this folder's tests run."""
+CPU. It lives while this folder's tests run (started earlier, while k8s/ runs:
+tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,45 +10,20 @@ import openai
 import pytest
 
 from serving.paths import demo_model_dir
-from tests.support.stack import (
-    DEMO_MODEL,
-    ENGINE_CORES,
-    TEST_ENGINE_ARGS,
-    TEST_ENGINE_ENV,
-    SeedServeProcess,
-    free_port,
-)
+from tests.support.stack import SeedServeProcess
 
 
 @pytest.fixture(scope="package")
 def demo_stack(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, early_demo_stack: SeedServeProcess | None
 ) -> Iterator[SeedServeProcess]:
-    """`seed-serve up` with the real demo model (SmolLM2-135M) on CPU."""
-    model = demo_model_dir()
-    if not (model / ".seed-serve-complete").exists():
-        pytest.fail(f"demo model missing at {model}: `make test` builds it (seed-serve demo-model)")
-    config = {
-        "gateway": {"host": "127.0.0.1", "port": free_port()},
-        "ray": {"num_cpus": 2, "namespace": "test-demo"},
-        "replica_groups": [
-            {
-                "name": "demo",
-                "replicas": 1,
-                "engine": {
-                    "model": str(model),
-                    "served_model_name": DEMO_MODEL,
-                    "max_model_len": 2048,
-                    "cpu_kv_cache_gib": 1,
-                    "cpu_affinity": ENGINE_CORES,
-                    "extra_args": dict(TEST_ENGINE_ARGS),
-                    "env": dict(TEST_ENGINE_ENV),
-                },
-            }
-        ],
-    }
-    # A process group of its own: test_stopping.py stops it as systemd would.
-    stack = SeedServeProcess("up", config, tmp_path_factory.mktemp("demo-stack"), own_group=True)
+    """`seed-serve up` with the real demo model (SmolLM2-135M) on CPU, started
+    early by tests/conftest.py (while k8s/ runs); stopped when this folder ends."""
+    if early_demo_stack is None:
+        pytest.fail(
+            f"demo model missing at {demo_model_dir()}: `make test` builds it (seed-serve demo-model)"
+        )
+    stack = early_demo_stack
     try:
         stack.wait_ready()
         # The scale-out tests' stack boots on the other core while this folder runs.

@@ -27,7 +27,10 @@ def ray_head(k8s_cluster: K8sCluster) -> RayHead:
 
 
 @pytest.fixture(scope="package")
-def k8s_gateway(k8s_cluster: K8sCluster) -> SeedServeProcess:
+def k8s_gateway(request: pytest.FixtureRequest, k8s_cluster: K8sCluster) -> SeedServeProcess:
     """`seed-serve gateway` outside the cluster, joined through Ray Client: it
     creates the controller there, which starts one replica (LoRA on)."""
-    return k8s_cluster.gateway()
+    gateway = k8s_cluster.gateway()
+    # demo/'s stack boots on the other core while this folder runs.
+    request.getfixturevalue("early_demo_stack")
+    return gateway

@@ -23,8 +23,10 @@ def tiny_stack(
     stack = early_tiny_stack
     try:
         stack.wait_ready(replicas=2)
-        # k8s/'s cluster boots on the other core while this folder runs.
+        # k8s/'s cluster boots on the other core while this folder runs, and
+        # test_scale_out.py's unplaceable replica is refused meanwhile.
         request.getfixturevalue("early_k8s_cluster")
+        request.getfixturevalue("early_unplaceable_stack")
         yield stack
     finally:
         code = stack.stop()
