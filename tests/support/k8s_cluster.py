@@ -52,6 +52,7 @@ class K8sCluster:
         self._gcs_port = _port_outside_workers()
         self.head = RayHead(f"ray://127.0.0.1:{self._client_port}", f"127.0.0.1:{self._gcs_port}")
         self._engines_before = {p.pid for p in engine_processes()}
+        self._engines_at_ready: list[psutil.Process] = []
         self._gateway: SeedServeProcess | None = None
         self._stopped = False
         self._error: BaseException | None = None
@@ -103,6 +104,10 @@ class K8sCluster:
             raise AssertionError(f"the Ray head did not start: {self._error!r}")
         assert self._gateway is not None, "the Ray head is still starting after 300 s"
         self._gateway.wait_ready(timeout_s=timeout_s)
+        # Its engine, known before any other stack's may start (early_demo_stack).
+        self._engines_at_ready = [
+            p for p in engine_processes() if p.pid not in self._engines_before
+        ]
         return self._gateway
 
     def stop(self) -> None:
@@ -123,7 +128,11 @@ class K8sCluster:
                  if any(m in part for part in (p.info["cmdline"] or []) for m in marks)]  # fmt: skip
         everything = {p.pid: p for root in roots for p in [root, *_descendants(root)]}
         # ...but not the engines: that they go away by themselves is what is tested.
-        engine_groups = {p.pid for p in engine_processes() if "supervisor" in " ".join(p.cmdline())}
+        # Only this cluster's (descendants of its processes): another stack's
+        # engines may be booting beside it (tests/conftest.py: early_demo_stack).
+        engines = [p for p in engine_processes() if p.pid in everything]
+        engines += [p for p in self._engines_at_ready if p not in engines]
+        engine_groups = {p.pid for p in engines if "supervisor" in " ".join(p.info["cmdline"])}
         mine = [p for pid, p in everything.items() if _group_of(pid) not in engine_groups]
         for process in mine:
             with contextlib.suppress(psutil.NoSuchProcess):
@@ -134,7 +143,7 @@ class K8sCluster:
         deadline = time.monotonic() + 60
         left = []
         while time.monotonic() < deadline:
-            left = [p for p in engine_processes() if p.pid not in self._engines_before]
+            left = [p for p in engines if _alive(p)]
             if not left:
                 break
             time.sleep(0.5)
@@ -144,6 +153,13 @@ class K8sCluster:
         assert not left, f"orphaned engine processes: {[p.info['cmdline'][:3] for p in left]}"
         if self._gateway is not None:
             assert code == 0, self._gateway.log()[-3000:]
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _group_of(pid: int) -> int | None:
