@@ -450,7 +450,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     peers.add_argument("--seconds", type=float, default=5.0)
     peers.add_argument("--tokens", type=int, default=8)
     peers.add_argument("--slo-added-p99-ms", type=float, default=5.0)
-    peers.add_argument("--peers", default="seed-serve,vllm-router,litellm")
+    peers.add_argument(
+        "--peers",
+        default="seed-serve,floor,vllm-router,litellm",
+        help="of seed-serve, floor (the gateway's server and engine client alone), "
+        "vllm-router, litellm",
+    )
     peers.add_argument(
         "--all-rates", action="store_true", help="go on past the first rate over the SLO"
     )

@@ -60,6 +60,14 @@ def _seed_serve(port: int, upstream: str, workdir: Path) -> tuple[list[str], str
     return argv, "/ready", {"Authorization": f"Bearer {secret}"}
 
 
+def _floor(port: int, upstream: str, workdir: Path) -> tuple[list[str], str, dict[str, str]]:
+    # The gateway's HTTP server and engine client with none of its behaviour
+    # (benchmarks/overhead/floor_relay.py): what the gateway costs before its own work.
+    argv = [sys.executable, "-m", "benchmarks.overhead.floor_relay", "--port", str(port),
+            "--upstream", upstream]  # fmt: skip
+    return argv, "/health", {}
+
+
 def _vllm_router(port: int, upstream: str, workdir: Path) -> tuple[list[str], str, dict[str, str]]:
     # Its README's regular mode: the worker URLs and a policy (one worker here).
     binary = venv_of("vllm-router") / "bin" / "vllm-router"
@@ -92,6 +100,7 @@ def _litellm(port: int, upstream: str, workdir: Path) -> tuple[list[str], str, d
 
 PEERS = (
     Peer("seed-serve", None, _seed_serve),
+    Peer("floor", None, _floor),
     Peer("vllm-router", "vllm-router==0.1.17", _vllm_router),
     Peer("litellm", "litellm[proxy]==1.108.7", _litellm),
 )
@@ -223,10 +232,16 @@ def peers_markdown(result: dict[str, Any]) -> str:
     for stream in (True, False):
         by_proxy = {r["proxy"]: _cpu_median(r) for r in result["runs"] if r["stream"] is stream}
         ours, router = by_proxy.get("seed-serve"), by_proxy.get("vllm-router")
+        floor = by_proxy.get("floor")
+        mode = "streamed" if stream else "plain"
         if ours and router:
-            mode = "streamed" if stream else "plain"
             ratios.append(
                 f"- {mode}: Seed Serve / vllm-router CPU per request = {ours / router:.2f}x"
+            )
+        if ours and floor:
+            ratios.append(
+                f"- {mode}: the floor (the gateway's HTTP server and engine client alone) "
+                f"{floor:.3g} ms per request; the gateway's own behaviour {ours - floor:.3g} ms"
             )
     return (
         f"Each proxy pinned to CPU {result['proxy_cpu']} (the quietest), the load generator and "
