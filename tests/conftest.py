@@ -56,6 +56,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)
 
 
+def _stopped_after(stack: SeedServeProcess) -> Iterator[SeedServeProcess]:
+    """Yields a stack started early; stops it at the session's end if the
+    folder that took it over has not (then only this cleans up)."""
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        stack.kill_tree()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """The tiny random Llama with Seed-Coder's FIM tokens (built once, cached)."""
@@ -75,18 +85,15 @@ def early_tiny_stack(
         yield None
         return
     model_dir = request.getfixturevalue("tiny_model_dir")
-    stack = SeedServeProcess(
-        "up",
-        tiny_stack_config(model_dir),
-        tmp_path_factory.mktemp("tiny-stack"),
-        extra_args=TINY_STACK_ARGS,
-        env=TINY_STACK_ENV,
+    yield from _stopped_after(
+        SeedServeProcess(
+            "up",
+            tiny_stack_config(model_dir),
+            tmp_path_factory.mktemp("tiny-stack"),
+            extra_args=TINY_STACK_ARGS,
+            env=TINY_STACK_ENV,
+        )
     )
-    try:
-        yield stack
-    finally:
-        stack.stop()
-        stack.kill_tree()
 
 
 @pytest.fixture(scope="session")
@@ -103,14 +110,11 @@ def early_scale_out_stack(
         yield None
         return
     model_dir = request.getfixturevalue("tiny_model_dir")
-    stack = SeedServeProcess(
-        "up", scale_out_stack_config(model_dir), tmp_path_factory.mktemp("scale-stack")
+    yield from _stopped_after(
+        SeedServeProcess(
+            "up", scale_out_stack_config(model_dir), tmp_path_factory.mktemp("scale-stack")
+        )
     )
-    try:
-        yield stack
-    finally:
-        stack.stop()
-        stack.kill_tree()
 
 
 @pytest.fixture(scope="session")
@@ -131,14 +135,11 @@ def early_demo_stack(
         yield None
         return
     # A process group of its own: demo/test_stopping.py stops it as systemd would.
-    stack = SeedServeProcess(
-        "up", demo_stack_config(model), tmp_path_factory.mktemp("demo-stack"), own_group=True
+    yield from _stopped_after(
+        SeedServeProcess(
+            "up", demo_stack_config(model), tmp_path_factory.mktemp("demo-stack"), own_group=True
+        )
     )
-    try:
-        yield stack
-    finally:
-        stack.stop()
-        stack.kill_tree()
 
 
 @pytest.fixture(scope="session")
