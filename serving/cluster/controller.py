@@ -145,6 +145,7 @@ class ReplicaController:
             engine_env,
             list(self.config.adapters.roots),
             _kv_events_buffer_steps(group, self.config.routing),
+            slot.index,
         )
         slot.info.state = ReplicaState.STARTING
         await self._wait_ready(slot)

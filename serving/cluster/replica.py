@@ -62,6 +62,7 @@ class ReplicaActor:
         engine_env: dict[str, str] | None = None,
         adapter_roots: list[str] | None = None,
         kv_events_buffer_steps: int | None = None,
+        replica_index: int = 0,
     ) -> None:
         self.replica_id = replica_id
         self.group = ReplicaGroupConfig.model_validate(group_json)
@@ -119,7 +120,7 @@ class ReplicaActor:
                 **(engine_env or {}),
             },
             self.log_path,
-            cpus=engine.cpu_affinity,
+            cpus=engine.cores_of(replica_index),
         )
 
     def _fail_for_good(self, problem: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import Field, field_validator, model_validator
 
@@ -102,10 +102,13 @@ class EngineConfig(Strict):
         le=4096,
         description="KV-cache size in GiB on CPU engines (VLLM_CPU_KVCACHE_SPACE).",
     )
-    cpu_affinity: list[int] | None = Field(
+    cpu_affinity: list[int] | list[list[int]] | None = Field(
         default=None,
-        description="CPU cores the engine's processes may run on (CPU engines; null: all). "
-        "On small hosts, keeping a core free for the gateway keeps its latency steady.",
+        description="CPU cores the engine's processes may run on (CPU engines; null: all): "
+        "one list for every replica of the group, or one list per replica ([[0, 1], [2, 3]]: "
+        "replica i gets list i, round robin past the end). On small hosts, keeping a core "
+        "free for the gateway keeps its latency steady; on a CPU server, a list per replica "
+        "keeps replicas off each other's cores.",
     )
     max_num_seqs: int | None = Field(
         default=None, ge=1, le=4096, description="Most sequences one engine batch holds."
@@ -143,15 +146,29 @@ class EngineConfig(Strict):
 
     @field_validator("cpu_affinity")
     @classmethod
-    def _cores_exist(cls, value: list[int] | None) -> list[int] | None:
+    def _cores_exist(
+        cls, value: list[int] | list[list[int]] | None
+    ) -> list[int] | list[list[int]] | None:
         if value is not None:
             if not value:
                 raise ValueError("give at least one core, or null for all")
+            per_replica = [value] if isinstance(value[0], int) else value
             available = os.cpu_count() or 1
-            bad = [core for core in value if core < 0 or core >= available]
-            if bad:
-                raise ValueError(f"cores {bad} do not exist here (0-{available - 1})")
+            for cores in cast(list[list[int]], per_replica):
+                if not cores:
+                    raise ValueError("give each replica at least one core")
+                bad = [core for core in cores if core < 0 or core >= available]
+                if bad:
+                    raise ValueError(f"cores {bad} do not exist here (0-{available - 1})")
         return value
+
+    def cores_of(self, replica_index: int) -> list[int] | None:
+        """The cores replica ``replica_index`` of the group may run on (None: all)."""
+        value = self.cpu_affinity
+        if not value or isinstance(value[0], int):
+            return cast(list[int] | None, value)
+        per_replica = cast(list[list[int]], value)
+        return per_replica[replica_index % len(per_replica)]
 
     @field_validator("fim_template")
     @classmethod

@@ -54,6 +54,8 @@ def _split_path(dotted: str) -> list[str | int]:
 def _format_loc(loc: Iterable[str | int]) -> str:
     text = ""
     for part in loc:
+        if isinstance(part, str) and "[" in part:
+            continue  # which member of a union pydantic tried (``list[int]``): not a key
         if isinstance(part, int):
             text += f"[{part}]"
         else:

@@ -106,6 +106,21 @@ def test_cli_overrides_env() -> None:
             "float32",
         ),
         ({"ray": {"num_cpus": -1}}, "ray.num_cpus", "greater than or equal to 1"),
+        (
+            {"replica_groups": [{"engine": {"cpu_affinity": [[0], []]}}]},
+            "replica_groups[0].engine.cpu_affinity",
+            "give each replica at least one core",
+        ),
+        (
+            {"replica_groups": [{"engine": {"cpu_affinity": [[0], [4096]]}}]},
+            "replica_groups[0].engine.cpu_affinity",
+            "cores [4096] do not exist here",
+        ),
+        (
+            {"replica_groups": [{"engine": {"cpu_affinity": [0, [1]]}}]},
+            "replica_groups[0].engine.cpu_affinity[1]",
+            "valid integer",
+        ),
     ],
 )
 def test_invalid_config_names_the_field(
@@ -119,6 +134,15 @@ def test_invalid_config_names_the_field(
         load_config(path)
     assert caught.value.field == field
     assert fragment in caught.value.problem
+
+
+def test_cpu_affinity_for_every_replica_or_one_list_each() -> None:
+    shared = EngineConfig(cpu_affinity=[0])
+    assert [shared.cores_of(i) for i in range(3)] == [[0], [0], [0]]
+    assert EngineConfig().cores_of(1) is None  # all cores
+    each = EngineConfig(cpu_affinity=[[0], [0, 1]])
+    # Replica i gets list i, round robin past the end (a group scaled beyond its lists).
+    assert [each.cores_of(i) for i in range(4)] == [[0], [0, 1], [0], [0, 1]]
 
 
 def test_unreadable_and_non_mapping_files(tmp_path: Path) -> None:
