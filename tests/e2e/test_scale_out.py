@@ -269,6 +269,10 @@ def test_kv_aware_routes_to_the_replica_whose_cache_holds_the_prompt(
 
 # --------------------------------------------------------------------------- faults
 
+# Engines killed by the chaos test, by replica: the restart test after the
+# scaling test checks that Ray replaced them.
+KILLED_ENGINES: dict[str, int] = {}
+
 
 def _engine_pids(stack: SeedServeProcess) -> dict[str, int]:
     return {r["replica_id"]: int(r["engine_pid"]) for r in replica_endpoints(stack)}
@@ -300,6 +304,55 @@ def test_sigstop_replica_is_ejected_and_traffic_continues(stack: SeedServeProces
     wait_for(
         lambda: replicas_state(stack)["scale-1"] == "ready", 60, "re-admission after SIGCONT", stack
     )
+
+
+def test_sigterm_drains_the_gateway(stack: SeedServeProcess, tmp_path: Path) -> None:
+    gateway = JoinedGateway(
+        stack,
+        tmp_path,
+        {
+            "gateway": {"host": "127.0.0.1", "port": free_port(), "drain_timeout_s": 60},
+            "auth": {"keys_file": str(stack.keys_file)},
+        },
+    )
+    gateway.wait_ready(replicas=2, timeout_s=180)
+    results: list[tuple[int, list[str]]] = []
+    long = {**BODY, "max_tokens": 700, "min_tokens": 700, "stream": True}
+
+    def stream(index: int) -> None:
+        with httpx.stream(
+            "POST",
+            gateway.base_url + "/v1/completions",
+            json=long,
+            headers={**stack.headers, "x-seed-serve-document": f"drain{index}.py"},
+            timeout=120,
+        ) as response:
+            results.append(
+                (
+                    response.status_code,
+                    [line for line in response.iter_lines() if line.startswith("data: ")],
+                )
+            )
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    gateway.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    refused = httpx.post(gateway.base_url + "/v1/completions", json=BODY, headers=stack.headers)
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "draining" and refused.headers["Retry-After"]
+    assert httpx.get(gateway.base_url + "/ready").status_code == 503
+    for thread in threads:
+        thread.join(timeout=120)
+    assert gateway.process.wait(timeout=60) == 0
+    gateway.kill_tree()
+    assert len(results) == 3
+    for status, events in results:
+        assert status == 200, (status, events[:2], replicas_state(stack))
+        assert events[-1] == "data: [DONE]"
+        assert not any('"error"' in e for e in events), "an in-flight request was cut by the drain"
 
 
 def test_chaos_sigkill_an_engine_while_requests_stream(
@@ -372,92 +425,11 @@ def test_chaos_sigkill_an_engine_while_requests_stream(
             ).status_code
             == 200
         )
-    # Ray restarts the killed replica with a new engine, and it serves again.
-    wait_for(
-        lambda: (
-            replicas_state(stack).get("scale-0") == "ready"
-            and _engine_pids(stack)["scale-0"] != pids["scale-0"]
-        ),
-        240,
-        "the killed replica's restart",
-        stack,
-    )
-    served = {
-        served_by(
-            stack.http.post(
-                "/v1/completions", json=BODY, headers={"x-seed-serve-document": f"back{i}.py"}
-            )
-        )
-        for i in range(16)
-    }
-    assert "scale-0" in served
-
-    # The kv_aware gateway dropped the dead engine's blocks (the new engine's
-    # cache is empty: the prompts since are shorter than a block) and follows
-    # the new engine's events.
-    def index_of_scale_0() -> tuple[float, float]:
-        live = gateway_metric(kv_gateway, "seed_serve_replica_kv_events_live", admin)
-        blocks = gateway_metric(kv_gateway, "seed_serve_replica_kv_index_blocks", admin)
-        return live.get("scale-0", 0), blocks.get("scale-0", -1)
-
-    wait_for(lambda: index_of_scale_0() == (1.0, 0.0), 60, "scale-0's index rebuilt", stack)
-    reborn = next(r for r in replica_endpoints(stack) if r["replica_id"] == "scale-0")
-    httpx.post(
-        reborn["url"] + "/v1/completions",
-        json={**BODY, "prompt": LONG_PROMPT, "max_tokens": 1},
-        headers={"Authorization": f"Bearer {reborn['token']}"},
-        timeout=60,
-    ).raise_for_status()
-    wait_for(lambda: index_of_scale_0()[1] > 0, 30, "the new engine's blocks indexed", stack)
-
-
-def test_sigterm_drains_the_gateway(stack: SeedServeProcess, tmp_path: Path) -> None:
-    gateway = JoinedGateway(
-        stack,
-        tmp_path,
-        {
-            "gateway": {"host": "127.0.0.1", "port": free_port(), "drain_timeout_s": 60},
-            "auth": {"keys_file": str(stack.keys_file)},
-        },
-    )
-    gateway.wait_ready(replicas=2, timeout_s=180)
-    results: list[tuple[int, list[str]]] = []
-    long = {**BODY, "max_tokens": 700, "min_tokens": 700, "stream": True}
-
-    def stream(index: int) -> None:
-        with httpx.stream(
-            "POST",
-            gateway.base_url + "/v1/completions",
-            json=long,
-            headers={**stack.headers, "x-seed-serve-document": f"drain{index}.py"},
-            timeout=120,
-        ) as response:
-            results.append(
-                (
-                    response.status_code,
-                    [line for line in response.iter_lines() if line.startswith("data: ")],
-                )
-            )
-
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(3)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.5)
-    gateway.process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    refused = httpx.post(gateway.base_url + "/v1/completions", json=BODY, headers=stack.headers)
-    assert refused.status_code == 503
-    assert refused.json()["error"]["code"] == "draining" and refused.headers["Retry-After"]
-    assert httpx.get(gateway.base_url + "/ready").status_code == 503
-    for thread in threads:
-        thread.join(timeout=120)
-    assert gateway.process.wait(timeout=60) == 0
-    gateway.kill_tree()
-    assert len(results) == 3
-    for status, events in results:
-        assert status == 200, (status, events[:2], replicas_state(stack))
-        assert events[-1] == "data: [DONE]"
-        assert not any('"error"' in e for e in events), "an in-flight request was cut by the drain"
+    # Ray restarts it meanwhile: test_the_killed_replica_is_back_with_a_new_engine
+    # looks at it after the scaling test, whose new replica boots on the other
+    # core at the same time (each start-up is ~45 s here; one after the other
+    # they were the module's longest wait).
+    KILLED_ENGINES["scale-0"] = pids["scale-0"]
 
 
 # --------------------------------------------------------------------------- scaling
@@ -495,7 +467,9 @@ def test_runtime_scaling_under_traffic(stack: SeedServeProcess, admin: str) -> N
         assert scaled.status_code == 200, scaled.text
         wait_for(
             lambda: list(replicas_state(stack).values()).count("ready") == 3,
-            480,  # an engine start-up on a busy 2-core machine (40-170 s idle)
+            # An engine start-up on a busy 2-core machine (40-170 s idle); the
+            # replica the chaos test killed restarts meanwhile, on the other core.
+            480,
             "a third ready replica",
             stack,
         )
@@ -546,6 +520,53 @@ def test_runtime_scaling_under_traffic(stack: SeedServeProcess, admin: str) -> N
         headers={"x-api-key": admin},
     )
     assert bad.status_code == 400 and "no replica group" in bad.json()["error"]["message"]
+
+
+def test_the_killed_replica_is_back_with_a_new_engine(
+    stack: SeedServeProcess, kv_gateway: SeedServeProcess, admin: str
+) -> None:
+    """Ray restarted the replica the chaos test killed, with a new engine
+    that serves, and the kv_aware gateway rebuilt its part of the index."""
+    killed = KILLED_ENGINES.get("scale-0")
+    assert killed is not None, "runs after test_chaos_sigkill_an_engine_while_requests_stream"
+    pids = {"scale-0": killed}
+    # Ray restarts the killed replica with a new engine, and it serves again.
+    wait_for(
+        lambda: (
+            replicas_state(stack).get("scale-0") == "ready"
+            and _engine_pids(stack)["scale-0"] != pids["scale-0"]
+        ),
+        240,
+        "the killed replica's restart",
+        stack,
+    )
+    # The scaling test left it the group's only replica: every answer is its own.
+    answers = [
+        stack.http.post(
+            "/v1/completions", json=BODY, headers={"x-seed-serve-document": f"back{i}.py"}
+        )
+        for i in range(16)
+    ]
+    assert [a.status_code for a in answers] == [200] * 16
+    assert {served_by(a) for a in answers} == {"scale-0"}
+
+    # The kv_aware gateway dropped the dead engine's blocks (the new engine's
+    # cache is empty: the prompts since are shorter than a block) and follows
+    # the new engine's events.
+    def index_of_scale_0() -> tuple[float, float]:
+        live = gateway_metric(kv_gateway, "seed_serve_replica_kv_events_live", admin)
+        blocks = gateway_metric(kv_gateway, "seed_serve_replica_kv_index_blocks", admin)
+        return live.get("scale-0", 0), blocks.get("scale-0", -1)
+
+    wait_for(lambda: index_of_scale_0() == (1.0, 0.0), 60, "scale-0's index rebuilt", stack)
+    reborn = next(r for r in replica_endpoints(stack) if r["replica_id"] == "scale-0")
+    httpx.post(
+        reborn["url"] + "/v1/completions",
+        json={**BODY, "prompt": LONG_PROMPT, "max_tokens": 1},
+        headers={"Authorization": f"Bearer {reborn['token']}"},
+        timeout=60,
+    ).raise_for_status()
+    wait_for(lambda: index_of_scale_0()[1] > 0, 30, "the new engine's blocks indexed", stack)
 
 
 def test_unplaceable_replica_fails_clearly(
