@@ -152,9 +152,8 @@ class EngineConfig(Strict):
         if value is not None:
             if not value:
                 raise ValueError("give at least one core, or null for all")
-            per_replica = [value] if isinstance(value[0], int) else value
             available = os.cpu_count() or 1
-            for cores in cast(list[list[int]], per_replica):
+            for cores in _per_replica(value):
                 if not cores:
                     raise ValueError("give each replica at least one core")
                 bad = [core for core in cores if core < 0 or core >= available]
@@ -164,10 +163,9 @@ class EngineConfig(Strict):
 
     def cores_of(self, replica_index: int) -> list[int] | None:
         """The cores replica ``replica_index`` of the group may run on (None: all)."""
-        value = self.cpu_affinity
-        if not value or isinstance(value[0], int):
-            return cast(list[int] | None, value)
-        per_replica = cast(list[list[int]], value)
+        if not self.cpu_affinity:
+            return None
+        per_replica = _per_replica(self.cpu_affinity)
         return per_replica[replica_index % len(per_replica)]
 
     @field_validator("fim_template")
@@ -319,3 +317,10 @@ class RayConfig(Strict):
     num_gpus: int | None = Field(
         default=None, ge=0, le=4096, description="GPUs a local Ray offers (null: all)."
     )
+
+
+def _per_replica(affinity: list[int] | list[list[int]]) -> list[list[int]]:
+    """``cpu_affinity`` as one list of cores per replica (a flat list: the same for all)."""
+    if isinstance(affinity[0], int):
+        return [cast(list[int], affinity)]
+    return cast(list[list[int]], affinity)
