@@ -28,10 +28,10 @@ K8S = E2E / "k8s"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Unit tests first; then the end-to-end tests: tiny/ (its stack starts
-    with the session, see ``early_tiny_stack``; k8s/'s cluster starts while
-    it runs, see ``early_k8s_cluster``), k8s/ (its cluster ready by then; the
-    demo stack starts while it runs, see ``early_demo_stack``), demo/ (the
+    """Unit tests first (tiny/'s stack, then k8s/'s cluster boot meanwhile,
+    see ``early_tiny_stack`` and ``early_k8s_cluster``); then the end-to-end
+    tests: tiny/ (the demo stack boots while it runs, see
+    ``early_demo_stack``), k8s/, demo/ (the
     scale-out stack starts while it runs, see
     ``early_scale_out_stack``), test_scale_out.py, and the tests that start
     stacks of their own. pytest's order is kept within each.
@@ -77,10 +77,10 @@ def early_tiny_stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SeedServeProcess | None]:
     """The tiny stack's `seed-serve up`, started as the session starts when
-    tests in tiny/ will run: its engines (pinned to the last core) boot while
-    the unit tests run on the other core, which hides most of its start-up
-    (~80 s on the 2-core CI machine). tests/e2e/tiny/conftest.py takes it
-    over and stops it; this only cleans up if that never happened."""
+    tests in tiny/ will run: its engines (one per core) boot while the unit
+    tests run, which leave a core about half idle: that hides its start-up
+    (~50 s alone). tests/e2e/tiny/conftest.py takes it over and stops it;
+    this only cleans up if that never happened."""
     if not any(TINY in Path(item.path).parents for item in request.session.items):
         yield None
         return
@@ -122,11 +122,12 @@ def early_demo_stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SeedServeProcess | None]:
     """demo/'s stack (the real demo model), started (not waited for) when
-    first asked: by k8s/ once its gateway is ready, so that the demo engine
-    (on the last core: k8s/'s has the first) boots while k8s/'s tests run
-    (the demo stack's start-up was ~60 s of demo/'s first test), or by demo/
-    itself. demo/ stops it when its tests end; this only cleans up. None when
-    demo/ does not run or the demo model is missing (demo/ then fails saying so)."""
+    first asked: by tiny/ once k8s/'s cluster serves, so that the demo engine
+    (on the first core) boots while tiny/'s later tests leave that core ~55%
+    idle (measured; booting beside k8s/'s fine-tune instead made that test
+    ~25 s slower), else by k8s/ or by demo/ itself. demo/ stops it when its
+    tests end; this only cleans up. None when demo/ does not run or the demo
+    model is missing (demo/ then fails saying so)."""
     model = demo_model_dir()
     if (
         not any(DEMO in Path(item.path).parents for item in request.session.items)
@@ -165,19 +166,31 @@ def early_unplaceable_stack(
         stack.kill_tree()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def early_k8s_cluster(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    early_tiny_stack: SeedServeProcess | None,
 ) -> Iterator[K8sCluster | None]:
-    """tests/e2e/k8s's Ray head and gateway, started (not waited for) when
-    first asked: by tiny/ once its stack is ready, so that the cluster's
-    start-up (~60 s) runs on the core tiny/'s tests leave mostly idle
-    (measured: 50-60% CPU while they run), or by k8s/ itself. k8s/ runs
-    next and stops it; this only cleans up."""
+    """tests/e2e/k8s's Ray head and gateway, booting (not waited for) from the
+    moment tiny/'s stack is ready (at once without tiny/): its start-up
+    (~60 s) then runs while the unit tests still do. They leave a core about
+    half idle (measured: 87 idle core-seconds in 141 s), where tiny/'s
+    load benchmarks, beside which it booted before, keep both busy. k8s/
+    stops it; this only cleans up."""
     if not any(K8S in Path(item.path).parents for item in request.session.items):
         yield None
         return
-    cluster = K8sCluster(request.getfixturevalue("tiny_model_dir"), tmp_path_factory.mktemp("k8s"))
+    tiny = early_tiny_stack
+
+    def tiny_is_up_or_gone() -> bool:
+        return tiny is None or tiny.process.poll() is not None or tiny.is_ready(replicas=2)
+
+    cluster = K8sCluster(
+        request.getfixturevalue("tiny_model_dir"),
+        tmp_path_factory.mktemp("k8s"),
+        after=tiny_is_up_or_gone,
+    )
     try:
         yield cluster
     finally:

@@ -476,9 +476,9 @@ def test_runtime_scaling_under_traffic(stack: SeedServeProcess, admin: str) -> N
         # Each replica on its own list of cores (scale_out_stack_config).
         cores = {r: os.sched_getaffinity(pid) for r, pid in _engine_pids(stack).items()}
         assert cores == {
-            "scale-0": set(OTHER_ENGINE_CORES),
-            "scale-1": set(OTHER_ENGINE_CORES),
-            "scale-2": set(ENGINE_CORES),
+            "scale-0": set(ENGINE_CORES),
+            "scale-1": set(ENGINE_CORES),
+            "scale-2": set(OTHER_ENGINE_CORES),
         }
         # Down to one with the CLI (acts on the running `seed-serve up`): surplus replicas drain first.
         result = subprocess.run(

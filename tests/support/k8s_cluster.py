@@ -3,10 +3,9 @@ in its own temp dir and a `seed-serve gateway` outside it, joined through Ray
 Client (what the Helm chart configures), whose controller starts one tiny
 replica with LoRA on in the cluster.
 
-It boots in a background thread (tests/conftest.py starts it while tiny/
-runs: that folder keeps about one of the two cores busy, measured 50-60%
-CPU, and the cluster's ~60 s start-up hides in the other), and is stopped,
-only it, by tests/e2e/k8s/conftest.py."""
+It boots in a background thread (tests/conftest.py starts it once tiny/'s
+stack is ready, while the unit tests still run), and is stopped, only it, by
+tests/e2e/k8s/conftest.py."""
 
 from __future__ import annotations
 
@@ -17,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,14 +44,17 @@ def _port_outside_workers() -> int:
 class K8sCluster:
     """The Ray head and the gateway joined to it, started in the background."""
 
-    def __init__(self, model_dir: Path, workdir: Path) -> None:
+    def __init__(
+        self, model_dir: Path, workdir: Path, *, after: Callable[[], bool] | None = None
+    ) -> None:
+        """Starts booting at once, or once ``after()`` says so (polled each second)."""
         self._model_dir = model_dir
+        self._after = after
         self._workdir = workdir
         self._temp_dir = Path("/tmp") / f"rh{os.getpid()}"  # Ray's socket paths must stay short
         self._client_port = _port_outside_workers()
         self._gcs_port = _port_outside_workers()
         self.head = RayHead(f"ray://127.0.0.1:{self._client_port}", f"127.0.0.1:{self._gcs_port}")
-        self._engines_before = {p.pid for p in engine_processes()}
         self._engines_at_ready: list[psutil.Process] = []
         self._gateway: SeedServeProcess | None = None
         self._stopped = False
@@ -60,6 +63,10 @@ class K8sCluster:
         self._thread.start()
 
     def _start(self) -> None:
+        while self._after is not None and not self._after():
+            if self._stopped:
+                return
+            time.sleep(1)
         try:
             subprocess.run(
                 [str(RAY), "start", "--head", f"--port={self._gcs_port}",
@@ -97,6 +104,12 @@ class K8sCluster:
         }  # fmt: skip
         return config
 
+    def serving(self) -> bool:
+        """Whether the gateway serves now (never waits)."""
+        return (
+            not self._thread.is_alive() and self._gateway is not None and self._gateway.is_ready()
+        )
+
     def gateway(self, timeout_s: float = 600) -> SeedServeProcess:
         """The gateway, once it serves (fails with its log or the start-up error)."""
         self._thread.join(timeout=300)
@@ -104,11 +117,19 @@ class K8sCluster:
             raise AssertionError(f"the Ray head did not start: {self._error!r}")
         assert self._gateway is not None, "the Ray head is still starting after 300 s"
         self._gateway.wait_ready(timeout_s=timeout_s)
-        # Its engine, known before any other stack's may start (early_demo_stack).
-        self._engines_at_ready = [
-            p for p in engine_processes() if p.pid not in self._engines_before
-        ]
+        # Its engine, while still a descendant of its replica actor: should that
+        # die, the engine it leaves is no one's child (what stop() checks for).
+        own = self._own_processes()
+        self._engines_at_ready = [p for p in engine_processes() if p.pid in own]
         return self._gateway
+
+    def _own_processes(self) -> dict[int, psutil.Process]:
+        """This cluster's processes: those naming its temp dir or GCS port, and
+        all their descendants (not the test session's Ray, nor other stacks')."""
+        marks = (str(self._temp_dir), f":{self._gcs_port}")
+        roots = [p for p in psutil.process_iter(["cmdline"])
+                 if any(m in part for part in (p.info["cmdline"] or []) for m in marks)]  # fmt: skip
+        return {p.pid: p for root in roots for p in [root, *_descendants(root)]}
 
     def stop(self) -> None:
         """Stops the gateway (exit 0), then only this cluster's Ray processes,
@@ -122,14 +143,9 @@ class K8sCluster:
             code = self._gateway.stop()
             self._gateway.kill_tree()
         # Only this cluster's processes (ray stop would also stop the test session's
-        # Ray): those naming its temp dir or GCS port, and all their descendants.
-        marks = (str(self._temp_dir), f":{self._gcs_port}")
-        roots = [p for p in psutil.process_iter(["cmdline"])
-                 if any(m in part for part in (p.info["cmdline"] or []) for m in marks)]  # fmt: skip
-        everything = {p.pid: p for root in roots for p in [root, *_descendants(root)]}
+        # Ray, and other stacks run beside it: tests/conftest.py, early_demo_stack)...
+        everything = self._own_processes()
         # ...but not the engines: that they go away by themselves is what is tested.
-        # Only this cluster's (descendants of its processes): another stack's
-        # engines may be booting beside it (tests/conftest.py: early_demo_stack).
         engines = [p for p in engine_processes() if p.pid in everything]
         engines += [p for p in self._engines_at_ready if p not in engines]
         engine_groups = {p.pid for p in engines if "supervisor" in " ".join(p.info["cmdline"])}

@@ -31,6 +31,6 @@ def k8s_gateway(request: pytest.FixtureRequest, k8s_cluster: K8sCluster) -> Seed
     """`seed-serve gateway` outside the cluster, joined through Ray Client: it
     creates the controller there, which starts one replica (LoRA on)."""
     gateway = k8s_cluster.gateway()
-    # demo/'s stack boots on the other core while this folder runs.
+    # demo/'s stack, if tiny/ did not start it (tests/conftest.py: early_demo_stack).
     request.getfixturevalue("early_demo_stack")
     return gateway

@@ -23,15 +23,28 @@ def tiny_stack(
     stack = early_tiny_stack
     try:
         stack.wait_ready(replicas=2)
-        # k8s/'s cluster boots on the other core while this folder runs, and
-        # test_scale_out.py's unplaceable replica is refused meanwhile.
-        request.getfixturevalue("early_k8s_cluster")
+        # test_scale_out.py's unplaceable replica is refused while this folder runs.
         request.getfixturevalue("early_unplaceable_stack")
         yield stack
     finally:
         code = stack.stop()
         stack.kill_tree()
         assert code == 0, stack.log()[-3000:]
+
+
+@pytest.fixture(autouse=True)
+def _demo_stack_boots_once_k8s_serves(
+    request: pytest.FixtureRequest, tiny_stack: SeedServeProcess
+) -> None:
+    """Starts demo/'s stack before the first test here after the load
+    benchmarks (test_benchmarks.py keeps both cores busy; the tests after it
+    leave ~35% idle, measured) that finds k8s/'s cluster serving (two
+    start-ups at once slow both), see tests/conftest.py: early_demo_stack."""
+    if request.path.name == "test_benchmarks.py":
+        return
+    cluster = request.getfixturevalue("early_k8s_cluster")
+    if cluster is not None and cluster.serving():
+        request.getfixturevalue("early_demo_stack")
 
 
 @pytest.fixture(scope="package")
