@@ -24,10 +24,11 @@ from pydantic import BaseModel
 
 from serving.api.bodies import parse_query, parse_request, read_body
 from serving.api.dialects import OPENAI
-from serving.api.disconnect import ClientDisconnected, unless_disconnected
+from serving.api.disconnect import ClientDisconnected, DisconnectWatch
 from serving.api.front_door import FrontDoor
 from serving.api.responses import (
     Answer,
+    EventStream,
     Receive,
     Scope,
     Send,
@@ -91,10 +92,12 @@ class GatewayApp:
     ) -> None:
         """Answer one request the front door let in."""
         dialect = endpoint.route.dialect if endpoint is not None else OPENAI
+        watch: DisconnectWatch | None = None
         try:
             # The body first: the disconnect watch reads the same channel.
             work = await self._work(scope, receive, endpoint, ctx)
-            reply = await unless_disconnected(receive, work)
+            watch = DisconnectWatch(receive)
+            reply = await watch.run(work)
             answer: Answer = json_answer(reply) if isinstance(reply, BaseModel) else reply
         except APIError as exc:
             ctx.error_code = exc.code
@@ -109,6 +112,11 @@ class GatewayApp:
             answer = dialect.answer(
                 InternalServerError("The server had an error while processing your request.")
             )
+        if watch is not None:
+            if isinstance(answer, EventStream) and not watch.left:
+                await answer.send_watched(send, watch)  # one watcher for the whole request
+                return
+            watch.close()
         await answer(scope, receive, send)
 
     async def _work(

@@ -147,9 +147,12 @@ class EventStream:
         self.headers = _raw_headers(content_type, {**STREAM_HEADERS, **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.headers})
-        watch = DisconnectWatch(receive)
+        await self.send_watched(send, DisconnectWatch(receive))
+
+    async def send_watched(self, send: Send, watch: DisconnectWatch) -> None:
+        """Sends the stream under ``watch`` (taken over: closed here)."""
         try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             async for chunk in self.events:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             watch.close()  # the end of the response wakes the watcher too

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from serving.api.disconnect import ClientDisconnected, unless_disconnected
+from serving.api.disconnect import ClientDisconnected, DisconnectWatch
 from serving.api.responses import EventStream
 
 
@@ -35,6 +35,15 @@ class Client:
 
 def bodies(client: Client) -> list[bytes]:
     return [m["body"] for m in client.sent if m["type"] == "http.response.body"]
+
+
+async def watched(client: Client, work: Any) -> Any:
+    """``work`` as the gateway runs a route's work: under a watch made in its task."""
+    watch = DisconnectWatch(client.receive)
+    try:
+        return await watch.run(work)
+    finally:
+        watch.close()
 
 
 async def _a_stream_stops_and_cleans_up_when_the_client_leaves() -> None:
@@ -78,7 +87,40 @@ async def _a_finished_stream_is_not_taken_for_a_disconnect() -> None:
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
 
 
-async def _unless_disconnected_cancels_the_work_and_raises() -> None:
+async def _one_watch_guards_the_work_then_its_stream() -> None:
+    """The gateway's way: the watch that guarded the route's work is handed on
+    to the stream it answered with (one watcher task per request)."""
+    client = Client()
+    cleaned = asyncio.Event()
+    tasks_while_streaming: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        try:
+            index = 0
+            while True:
+                index += 1
+                tasks_while_streaming.append(len(asyncio.all_tasks()))
+                if index == 3:
+                    client.leave()
+                yield b"data: %d\n\n" % index
+                await asyncio.sleep(0.01)
+        finally:
+            cleaned.set()
+
+    async def work() -> EventStream:
+        return EventStream(endless())
+
+    watch = DisconnectWatch(client.receive)
+    stream = await watch.run(work())
+    await stream.send_watched(client.send, watch)
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    assert cleaned.is_set()
+    assert 3 <= len(bodies(client)) < 10
+    assert all(m.get("more_body") for m in client.sent[1:]), "no end sent to a client that left"
+    assert set(tasks_while_streaming) == {2}  # this task and the one watcher
+
+
+async def _a_watched_work_is_cancelled_when_the_client_leaves() -> None:
     client = Client()
     cancelled = asyncio.Event()
 
@@ -92,19 +134,19 @@ async def _unless_disconnected_cancels_the_work_and_raises() -> None:
 
     asyncio.get_running_loop().call_later(0.05, client.leave)
     with pytest.raises(ClientDisconnected):
-        await asyncio.wait_for(unless_disconnected(client.receive, slow()), 5)
+        await asyncio.wait_for(watched(client, slow()), 5)
     assert cancelled.is_set()
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
 
     async def quick() -> str:
         return "answer"
 
-    assert await unless_disconnected(client.receive, quick()) == "answer"
+    assert await watched(client, quick()) == "answer"
 
 
 async def _a_shutdown_cancellation_is_not_swallowed() -> None:
     client = Client()
-    task = asyncio.ensure_future(unless_disconnected(client.receive, asyncio.sleep(30)))
+    task = asyncio.ensure_future(watched(client, asyncio.sleep(30)))
     await asyncio.sleep(0.05)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -119,8 +161,8 @@ def test_a_finished_stream_is_not_taken_for_a_disconnect() -> None:
     asyncio.run(_a_finished_stream_is_not_taken_for_a_disconnect())
 
 
-def test_unless_disconnected_cancels_the_work_and_raises() -> None:
-    asyncio.run(_unless_disconnected_cancels_the_work_and_raises())
+def test_a_watched_work_is_cancelled_when_the_client_leaves() -> None:
+    asyncio.run(_a_watched_work_is_cancelled_when_the_client_leaves())
 
 
 def test_a_shutdown_cancellation_is_not_swallowed() -> None:
