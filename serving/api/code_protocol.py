@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from serving.api.protocol import Usage
+from serving.api.protocol import EngineSeed, Usage
 
 
 def _utf8(value: str | None) -> str | None:
@@ -57,7 +57,7 @@ class CodeCompletionRequest(_CodeRequest):
     )
     temperature: float = Field(default=0.2, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: EngineSeed | None = None
     stop: list[str] | None = Field(default=None, max_length=4)
     stream: bool = False
     document: str | None = Field(
@@ -112,7 +112,7 @@ class CodeRepairRequest(_CodeRequest):
     )
     n_candidates: int | None = Field(default=None, ge=1, description="Candidates to generate.")
     temperature: float = Field(default=0.6, ge=0.0, le=2.0)
-    seed: int | None = None
+    seed: EngineSeed | None = None
 
     _text = field_validator("code", "error", "test")(_utf8)
 
@@ -147,7 +147,7 @@ class CodeTestsRequest(_CodeRequest):
     )
     n_candidates: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
-    seed: int | None = None
+    seed: EngineSeed | None = None
 
     _text = field_validator("code")(_utf8)
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from serving.api.protocol import EngineSeed, TopK
+
 
 class _LlamaRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=False, populate_by_name=True)
@@ -33,10 +35,10 @@ class _Sampling(_LlamaRequest):
         description="Tokens to generate (-1: the server's default; 0: only fill the cache).",
     )
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: TopK | None = None
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    seed: int | None = None
+    seed: EngineSeed | None = None
     stop: list[str] | None = Field(default=None, max_length=16)
     samplers: list[str] | str | None = None  # the engine's own sampler order: ignored
     stream: bool = False

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving.api.protocol import EngineSeed, TopK
+
 # What GET /api/version answers. Clients show it or check it against a
 # minimum (a release with suffix-FIM and /api/show's model_info, both served).
 OLLAMA_API_VERSION = "0.12.0"
@@ -38,9 +40,9 @@ class OllamaOptions(_OllamaRequest):
     )
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: TopK | None = None
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    seed: int | None = None
+    seed: EngineSeed | None = None
     stop: list[str] | str | None = None
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)

@@ -37,6 +37,14 @@ def _check_stop(value: str | list[str] | None) -> str | list[str] | None:
     return value
 
 
+# Integers the engine receives as they are: vLLM's wire format (msgpack) carries
+# -2**63 .. 2**64 - 1, and a larger one failed inside the engine mid-request
+# (OverflowError, answered as a 502: found by the OpenAPI fuzzing on /infill).
+# Every protocol's seed and top_k use these, so a client gets a 400 naming the field.
+EngineSeed = Annotated[int, Field(ge=-(2**63), le=2**64 - 1)]
+TopK = Annotated[int, Field(ge=-1, le=2**31 - 1)]  # -1: off; far above any vocabulary
+
+
 class _SamplingFields(_Request):
     """Sampling parameters shared by completions and chat."""
 
@@ -47,13 +55,13 @@ class _SamplingFields(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
+    seed: EngineSeed | None = None
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
     user: str | None = Field(default=None, max_length=256)
     # vLLM sampling extensions that IDE assistants commonly send.
-    top_k: int | None = Field(default=None, ge=-1)
+    top_k: TopK | None = None
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
     min_tokens: int | None = Field(default=None, ge=0)

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from serving import __version__
 from serving.api.code_protocol import SuggestionEventRequest
 from serving.api.cursor import CursorCompletions, CursorRequest
+from serving.api.protocol import EngineSeed
 from serving.api.responses import BodyAnswer
 from serving.api.suggestion_events import SuggestionEvents
 from serving.request_context import RequestContext
@@ -63,7 +64,7 @@ class TabbyCompletionRequest(_TabbyRequest):
     segments: Segments
     user: str | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    seed: int | None = None
+    seed: EngineSeed | None = None
     mode: str | None = None
 
 

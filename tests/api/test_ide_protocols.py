@@ -457,3 +457,47 @@ def test_a_newer_request_for_the_same_document_supersedes_in_ollama_and_tabby() 
                 )
 
     run(scenario())
+
+
+# --------------------------------------------------------------------------- integers the engine takes
+
+# Each front's request with a seed and a top_k beyond what reaches the engine
+# (vLLM's wire format carries -2**63 .. 2**64 - 1: beyond, the engine failed
+# mid-request and the client got a 502; found by the OpenAPI fuzzing on /infill).
+TOO_LARGE = 2**64
+OVERSIZED = [
+    ("/v1/completions", {"model": "scripted", "prompt": "x", "seed": TOO_LARGE}, "seed"),
+    ("/v1/completions", {"model": "scripted", "prompt": "x", "top_k": 2**31}, "top_k"),
+    ("/infill", {**VSCODE_INFILL, "seed": TOO_LARGE}, "seed"),
+    ("/infill", {**VSCODE_INFILL, "top_k": TOO_LARGE}, "top_k"),
+    ("/api/generate", {"model": "scripted", "prompt": "x", "options": {"seed": TOO_LARGE}}, "seed"),
+    ("/api/generate", {"model": "scripted", "prompt": "x", "options": {"top_k": 2**31}}, "top_k"),
+    ("/tabby/v1/completions", {**TABBY_REQUEST, "seed": TOO_LARGE}, "seed"),
+    ("/v1/code/completions", {"prefix": "x = ", "language": "python", "seed": TOO_LARGE}, "seed"),
+    (
+        "/v1/code/repairs",
+        {"code": "x = 1\n", "error": "boom", "language": "python", "seed": -(2**63) - 1},
+        "seed",
+    ),
+    (
+        "/v1/code/tests",
+        {"code": "def f():\n    return 1\n", "language": "python", "seed": TOO_LARGE},
+        "seed",
+    ),
+]
+
+
+def test_integers_the_engine_cannot_take_are_400s_naming_the_field() -> None:
+    async def scenario() -> None:
+        engine = ScriptedEngine("s-0", default=lines_script("y"))
+        async with scripted_gateway(engine) as gateway:
+            for path, body, field in OVERSIZED:
+                reply = await _post(gateway, path, body)
+                assert reply.status == 400, (path, field, reply.status, reply.body[:200])
+                assert field in reply.body.decode(), (path, reply.body[:300])
+            assert engine.received == []  # nothing reached the engine
+            # The largest seed the engine takes still passes.
+            fine = await _post(gateway, "/infill", {**VSCODE_INFILL, "seed": 2**64 - 1})
+            assert fine.status == 200 and engine.received[-1].payload["seed"] == 2**64 - 1
+
+    run(scenario())
