@@ -79,7 +79,7 @@ def early_tiny_stack(
     """The tiny stack's `seed-serve up`, started as the session starts when
     tests in tiny/ will run: its engines (one per core) boot while the unit
     tests run, which leave a core about half idle: that hides its start-up
-    (~50 s alone). tests/e2e/tiny/conftest.py takes it over and stops it;
+    (49-73 s measured). tests/e2e/tiny/conftest.py takes it over and stops it;
     this only cleans up if that never happened."""
     if not any(TINY in Path(item.path).parents for item in request.session.items):
         yield None

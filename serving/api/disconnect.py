@@ -7,8 +7,8 @@ request's own task, instead of running the work in tasks of its own
 (Starlette's ``StreamingResponse`` starts an anyio task group per stream):
 measured with ``benchmarks/overhead capacity``, this is a large share of the
 gateway's per-request cost. The gateway hands the watch that guarded the
-work on to the stream that follows (one watcher, not one each: ~3% of its
-CPU per streamed request, py-spy).
+work on to the stream that follows: one watcher task per request, not one
+each (no CPU change beyond noise in an A/B: benchmarks/README.md).
 """
 
 from __future__ import annotations

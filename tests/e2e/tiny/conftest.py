@@ -32,6 +32,9 @@ def tiny_stack(
         assert code == 0, stack.log()[-3000:]
 
 
+_DEMO_ASKED = pytest.StashKey[bool]()
+
+
 @pytest.fixture(autouse=True)
 def _demo_stack_boots_once_k8s_serves(
     request: pytest.FixtureRequest, tiny_stack: SeedServeProcess
@@ -40,11 +43,12 @@ def _demo_stack_boots_once_k8s_serves(
     benchmarks (test_benchmarks.py keeps both cores busy; the tests after it
     leave ~35% idle, measured) that finds k8s/'s cluster serving (two
     start-ups at once slow both), see tests/conftest.py: early_demo_stack."""
-    if request.path.name == "test_benchmarks.py":
+    if request.path.name == "test_benchmarks.py" or request.session.stash.get(_DEMO_ASKED, False):
         return
     cluster = request.getfixturevalue("early_k8s_cluster")
     if cluster is not None and cluster.serving():
         request.getfixturevalue("early_demo_stack")
+        request.session.stash[_DEMO_ASKED] = True  # no more /ready probes of k8s/
 
 
 @pytest.fixture(scope="package")
