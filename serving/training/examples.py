@@ -93,21 +93,35 @@ def from_repository(
     return found
 
 
-def held_out(example: FimExample, share: float) -> bool:
-    """Whether an accepted example is held out for evaluation (stable: the same
-    example is held out in every run)."""
-    if example.source != "accepted":
-        return False
+def _rank(example: FimExample) -> int:
     digest = hashlib.blake2b(example.key.encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "big") % 10_000 < share * 10_000
+    return int.from_bytes(digest, "big") % 10_000
+
+
+def held_out(example: FimExample, share: float) -> bool:
+    """Whether an accepted example is always held out for evaluation (stable:
+    the same example is held out in every run, however the data grows)."""
+    return example.source == "accepted" and _rank(example) < share * 10_000
 
 
 def split(
     examples: list[FimExample], share: float = 0.2
 ) -> tuple[list[FimExample], list[FimExample]]:
-    """(training, held-out) examples; repository examples always train."""
-    train = [e for e in examples if not held_out(e, share)]
-    return train, [e for e in examples if held_out(e, share)]
+    """(training, held-out) examples; repository examples always train.
+
+    The examples ``held_out`` picks are held out, topped up to ``share`` of the
+    accepted ones (rounded down) by the lowest-ranked others: the hash alone
+    is a coin toss per example, and with 30 accepted suggestions it held out
+    fewer than 3 about one time in 23, refusing a tenant at random."""
+    accepted = [e for e in examples if e.source == "accepted"]
+    chosen = {id(e) for e in accepted if held_out(e, share)}
+    wanted = int(share * len(accepted))
+    for extra in sorted((e for e in accepted if id(e) not in chosen), key=_rank):
+        if len(chosen) >= wanted:
+            break
+        chosen.add(id(extra))
+    train = [e for e in examples if id(e) not in chosen]
+    return train, [e for e in examples if id(e) in chosen]
 
 
 def render(example: FimExample, template: FimTemplate | None) -> str:
