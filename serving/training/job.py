@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -108,8 +107,8 @@ def gather_examples(
         raise ConfigError(
             "--tenant",
             f"tenant {tenant!r} has {len(accepted)} accepted suggestions kept; at least "
-            f"{MIN_HELD_OUT} must be held out to judge an adapter (at least "
-            f"{math.ceil(MIN_HELD_OUT / params.held_out_share)} in all). Collect more "
+            f"{MIN_HELD_OUT} must be held out to judge an adapter (about "
+            f"{round(MIN_HELD_OUT / params.held_out_share)} in all). Collect more "
             f"(tenants.{tenant}.training_data: collect).",
         )
     return train, held

@@ -47,8 +47,8 @@ def test_the_held_out_share_does_not_depend_on_luck() -> None:
         accepted = [FimExample("p", "s", "m", key=f"cmpl-{run}-{i}") for i in range(30)]
         train, held = split(accepted, 0.2)
         assert len(held) >= 6 and len(train) + len(held) == 30
-        # The hashed ones stay held out as the data grows: no example an
-        # earlier adapter was judged on moves into training.
+        # The ones held_out picks stay held out as the data grows (those
+        # added to make up the share may not).
         more = accepted + [FimExample("p", "s", "m", key=f"cmpl-{run}-x{i}") for i in range(7)]
         _, held_later = split(more, 0.2)
         assert {e.key for e in accepted if held_out(e, 0.2)} <= {e.key for e in held_later}
