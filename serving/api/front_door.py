@@ -341,7 +341,8 @@ class FrontDoor:
 
 
 class _ResponseTracker:
-    """Stamps headers on the response and notes its status and whether it ended."""
+    """Stamps headers on the response and notes its status and whether the
+    client got the whole answer."""
 
     def __init__(
         self,
@@ -355,7 +356,7 @@ class _ResponseTracker:
         self.ctx = ctx
         self._before_end = before_end
         self.status = 0
-        self.complete = False
+        self.complete = False  # the client has the whole answer (an event stream's [DONE])
         self._ended = before_end is None  # before_end ran (or there is none)
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -376,16 +377,17 @@ class _ResponseTracker:
             body = message.get("body", b"")
             if self.ctx.first_token is None and body:
                 self.ctx.first_token = time.monotonic()
-            last = not message.get("more_body", False)
             # A client of an event stream is done at ``data: [DONE]`` (the SDKs
-            # return there), before the response's last byte: what it may do
-            # next (a suggestion event) must already find the answer tracked.
-            if not self._ended and (last or body.endswith(DONE)):
+            # return there and close the response, often before its last
+            # byte): the answer is whole, and what the client may do next (a
+            # suggestion event) must already find it tracked.
+            done = not message.get("more_body", False) or body.endswith(DONE)
+            if not self._ended and done:
                 self._ended = True
                 self.ctx.status = self.status
                 assert self._before_end is not None
                 await self._before_end(self.ctx)
-            self.complete = last
+            self.complete = self.complete or done
         await self._send(message)
 
 

@@ -102,7 +102,9 @@ class AuthConfig(Strict):
     """API keys and network allow-lists."""
 
     enabled: bool = Field(
-        default=True, description="Require an API key on every route but /health and /ready."
+        default=True,
+        description="Require an API key on every API route but /health and /ready (the "
+        "console signs in on its own; gateway.metrics_port serves /metrics keyless).",
     )
     keys_file: str = Field(
         default_factory=lambda: str(seed_serve_home() / "keys.yaml"),

@@ -243,6 +243,31 @@ def test_a_client_that_leaves_aborts_the_engine_request() -> None:
     run(scenario())
 
 
+def test_a_client_that_leaves_at_done_was_answered() -> None:
+    """The SDKs close the response at ``data: [DONE]``, which can come before
+    the engine's end of the response: the request was answered all the same
+    (not counted as a client that left), and its tokens are counted."""
+
+    async def scenario() -> None:
+        engine = ScriptedEngine("s-0", default=Script(tokens=4, end_after_done_s=0.3))
+        async with scripted_gateway(engine) as gateway:
+            body = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
+            reply = await gateway.call(
+                "POST", "/v1/completions", json_body=body, leave_at=b"data: [DONE]\n\n"
+            )
+            assert reply.events()[-1] == "[DONE]" and reply.events()[-2]["usage"]
+            assert not reply.complete  # it left before the response's last byte
+            assert sample(gateway, "seed_serve_cancellations_total", reason="disconnect") == 0
+            labels = {"task": "completion", "model": "scripted", "adapter": ""}
+            assert sample(gateway, "seed_serve_requests_total", **labels, status="200") == 1
+            tokens = sample(
+                gateway, "seed_serve_completion_tokens_total", tenant="anonymous", task="completion"
+            )
+            assert tokens == 4
+
+    run(scenario())
+
+
 def test_least_loaded_routing_follows_the_engines_load() -> None:
     config = scripted_config(routing={"policy": "least_loaded"})
 

@@ -61,9 +61,14 @@ async def call(
     headers: dict[str, str] | None = None,
     client: tuple[str, int] = ("127.0.0.1", 40000),
     leave: asyncio.Event | None = None,
+    leave_at: bytes | None = None,
     body_parts: int = 1,
 ) -> Reply:
-    """One request; the client hangs up when ``leave`` is set (else when answered)."""
+    """One request; the client hangs up when ``leave`` is set, or once a body
+    chunk ends with ``leave_at`` (the SDKs close the response at ``[DONE]``),
+    else when answered."""
+    if leave_at is not None:
+        leave = leave or asyncio.Event()
     if json_body is not None:
         body = json.dumps(json_body).encode()
     data = body or b""
@@ -112,6 +117,8 @@ async def call(
         elif message["type"] == "http.response.body":
             if message.get("body"):
                 reply.chunks.append(message["body"])
+                if leave_at is not None and message["body"].endswith(leave_at):
+                    gone.set()
             if not message.get("more_body", False):
                 reply.complete = True
                 gone.set()

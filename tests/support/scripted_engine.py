@@ -46,6 +46,7 @@ class Script:
     headers_delay_s: float = 0.0  # before the status line
     spaced: bool = False  # JSON with spaces and shuffled keys (other servers write that)
     error_event_after: int | None = None  # an error event after this many tokens
+    end_after_done_s: float = 0.0  # the response's end comes this long after [DONE]
 
 
 @dataclass
@@ -285,6 +286,8 @@ class ScriptedEngine:
                 )
             )
         answer.feed(b"data: [DONE]\n\n")
+        if script.end_after_done_s:
+            await asyncio.sleep(script.end_after_done_s)
         answer.end()
         received.finished = True
 

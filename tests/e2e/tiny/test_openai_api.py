@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import openai
@@ -60,6 +61,31 @@ def test_stream_ends_with_done_and_usage(tiny_stack: SeedServeProcess) -> None:
     usage = json.loads(events[-2][6:])["usage"]
     assert usage["completion_tokens"] == 5
     assert usage["total_tokens"] == usage["prompt_tokens"] + 5
+
+
+def test_a_stream_read_to_done_is_answered_not_cancelled(
+    tiny_client: openai.OpenAI, tiny_stack: SeedServeProcess
+) -> None:
+    """The SDKs stop reading at ``[DONE]`` and close the connection, often
+    before the response's last byte: the audit still says the request was
+    answered (``ok``), not that the client left (``cancelled``)."""
+    ids = []
+    for _ in range(8):
+        stream = tiny_client.completions.create(
+            model=TINY_MODEL, prompt=PROMPT, max_tokens=4, stream=True,
+            stream_options={"include_usage": True},
+        )  # fmt: skip
+        chunks = list(stream)  # to [DONE], then the SDK closes the response
+        assert chunks[-1].usage is not None
+        ids.append(stream.response.headers["x-request-id"])
+    deadline = time.monotonic() + 30  # each line is written just after its answer
+    while True:
+        audited = {line["request_id"]: line for line in tiny_stack.audit_lines()}
+        if set(ids) <= set(audited) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert [audited[i]["outcome"] for i in ids] == ["ok"] * len(ids)
+    assert all(audited[i]["completion_tokens"] == 4 for i in ids)
 
 
 def test_usage_matches_the_tokenizer(tiny_client: openai.OpenAI, tiny_model_dir: Path) -> None:
