@@ -242,7 +242,8 @@ class FrontDoor:
                 )
         self._log(ctx, quiet=route is not None and route.quiet)
         if self.audit.enabled:
-            self.audit.write(self._audit_record(ctx))
+            model_task = route is not None and route.task is not None
+            self.audit.write(self._audit_record(ctx, model_task=model_task))
         if self.audit.write_errors:
             self.metrics.audit_write_errors.inc(self.audit.write_errors)
             self.audit.write_errors = 0
@@ -301,7 +302,7 @@ class FrontDoor:
             },
         )
 
-    def _audit_record(self, ctx: RequestContext) -> dict[str, Any]:
+    def _audit_record(self, ctx: RequestContext, *, model_task: bool) -> dict[str, Any]:
         ended = time.monotonic()
         record: dict[str, Any] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
@@ -316,7 +317,7 @@ class FrontDoor:
             "task": ctx.task,
             "model": ctx.model,
             "adapter": ctx.adapter,
-            "lane": ctx.lane,
+            "lane": ctx.lane if model_task else None,  # only model tasks are queued
             "replica": ctx.replica,
             "prompt_tokens": ctx.prompt_tokens,
             "completion_tokens": ctx.completion_tokens,

@@ -34,6 +34,8 @@ def _scenario(tmp_path: Path, spaced: bool, include_usage: bool) -> tuple[Any, b
             )
             assert accepted.status == 200, accepted.body  # the relay noted the id
         lines = [json.loads(line) for line in audit.read_text().splitlines()]
+        assert lines[0]["lane"] == "completion"
+        assert lines[1]["route"] == "/v1/code/events" and lines[1]["lane"] is None  # not queued
         return reply, engine.received[0].sent, lines[0]
 
     return asyncio.run(scenario())
