@@ -247,33 +247,37 @@ class Dispatcher:
         replica = lease.replica
         if lease.ticket.cancel_reason == "superseded":  # between its slot and now
             raise _ReplicaFailed("superseded before it was sent")
+        raw: bytes | None = None
         try:
-            upstream = await self.client.post(replica, path, body, stream=stream)
+            if stream:
+                upstream = await self.client.post(replica, path, body, stream=True)
+            else:
+                upstream, raw = await self._exchange_while_healthy(lease, path, body)
         except (TimeoutError, EngineHTTPError) as exc:
             raise _ReplicaFailed(exc or type(exc).__name__) from exc
         if upstream.status != 200:
-            try:
-                raw = await upstream.read()
-            finally:
-                upstream.release()
+            if raw is None:
+                try:
+                    raw = await upstream.read()
+                finally:
+                    upstream.release()
             if upstream.status >= 500 and upstream.status != 503:
                 raise _ReplicaFailed(f"HTTP {upstream.status}")
             raise upstream_error(upstream.status, raw, replica)
-        call = EngineCall(upstream, lease)
+        call = EngineCall(upstream, lease, body=raw)
         lease.ticket.on_cancel = call.cancel
         if lease.ticket.cancel_reason == "superseded":
             # Superseded while its request was on the way (no on_cancel yet):
             # abort now, or it would run to its end unseen.
             upstream.close()
             raise _ReplicaFailed("superseded while it was sent")
+        if not stream:
+            return call
         try:
-            if stream:
-                async with asyncio.timeout(self.timeouts.first_token_s):  # no extra task
-                    call.first = await upstream.readany()
-                if not call.first:
-                    raise _ReplicaFailed("the stream ended before its first token")
-            else:
-                call.body = await self._read_while_healthy(upstream, replica)
+            async with asyncio.timeout(self.timeouts.first_token_s):  # no extra task
+                call.first = await upstream.readany()
+            if not call.first:
+                raise _ReplicaFailed("the stream ended before its first token")
         except (TimeoutError, EngineHTTPError) as exc:
             upstream.close()
             raise _ReplicaFailed(exc or type(exc).__name__) from exc
@@ -282,20 +286,46 @@ class Dispatcher:
             raise
         return call
 
-    async def _read_while_healthy(self, upstream: EngineAnswer, replica: ReplicaInfo) -> bytes:
-        """A plain answer arrives whole at the end; meanwhile watch the replica,
-        so a frozen engine fails the request (and it is retried) instead of a hang."""
-        read = asyncio.ensure_future(upstream.read())
+    async def _exchange_while_healthy(
+        self, lease: Lease, path: str, body: bytes
+    ) -> tuple[EngineAnswer, bytes]:
+        """A plain answer, status and body: vLLM sends both at the end, so the
+        whole wait is watched. A replica that turns unhealthy fails it (to be
+        retried) instead of a hang, and a supersession aborts it at once
+        instead of letting the engine generate an answer nobody will read."""
+        replica = lease.replica
+        exchange = asyncio.ensure_future(self._exchange(replica, path, body))
+
+        def abort(_reason: str) -> None:
+            exchange.cancel()  # the exchange hangs up: vLLM aborts the request
+
+        lease.ticket.on_cancel = abort
         try:
             while True:
-                done, _ = await asyncio.wait({read}, timeout=_HEALTH_WATCH_S)
+                done, _ = await asyncio.wait({exchange}, timeout=_HEALTH_WATCH_S)
                 if done:
-                    return read.result()
+                    break
                 if not self.registry.is_ready(replica.replica_id):
                     raise _ReplicaFailed(f"replica {replica.replica_id} became unhealthy")
         finally:
-            if not read.done():
-                read.cancel()
+            lease.ticket.on_cancel = None
+            if not exchange.done():
+                exchange.cancel()  # client gone or replica unhealthy: the exchange hangs up
+        if exchange.cancelled():
+            raise _ReplicaFailed("superseded while it was answered")
+        return exchange.result()
+
+    async def _exchange(
+        self, replica: ReplicaInfo, path: str, body: bytes
+    ) -> tuple[EngineAnswer, bytes]:
+        upstream = await self.client.post(replica, path, body, stream=False)
+        try:
+            raw = await upstream.read()
+        except BaseException:
+            upstream.close()  # vLLM aborts a request whose connection closes
+            raise
+        upstream.release()  # read to its end: the connection is kept
+        return upstream, raw
 
 
 def upstream_error(status: int, raw: bytes, replica: ReplicaInfo) -> APIError:

@@ -218,11 +218,12 @@ class ScriptedEngine:
             answer.feed(script.error_body)
             answer.end()
             return
-        answer.start(200)
         stream = bool(payload.get("stream"))
         texts = [script.text(i) for i in range(script.tokens)]
         if not stream:
+            # As vLLM answers: the status line and the body together, at the end.
             await asyncio.sleep(script.pace_s * script.tokens)
+            answer.start(200)
             body = {
                 "id": f"cmpl-{self.replica_id}",
                 "object": "text_completion",
@@ -242,6 +243,7 @@ class ScriptedEngine:
             answer.end()
             received.finished = True
             return
+        answer.start(200)
         for index, text in enumerate(texts):
             if script.die_after is not None and index == script.die_after:
                 answer.fail(EngineConnectionError("scripted: the engine died mid-stream"))

@@ -583,6 +583,33 @@ def test_latest_keystroke_wins(
     assert other.status_code == 200
 
 
+def test_latest_keystroke_wins_over_a_plain_answer(tiny_stack: SeedServeProcess) -> None:
+    """vLLM sends a plain (not streamed) answer's status and body together at
+    the end: a superseded plain request is still aborted at once, not left to
+    generate an answer nobody will read."""
+    replicas = replica_endpoints(tiny_stack)
+    deadline = time.monotonic() + 30
+    while _running(replicas) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    before = _generated(replicas)
+    document = {"x-seed-serve-document": "src/plain.py"}
+    older: list[httpx.Response] = []
+    thread = threading.Thread(
+        target=lambda: older.append(post(tiny_stack, tiny_stack.api_key, LONG, headers=document))
+    )
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not _running(replicas) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the older one is generating
+    newer = post(tiny_stack, tiny_stack.api_key, BODY, headers=document)
+    thread.join(60)
+    assert newer.status_code == 200
+    assert older[0].status_code == 409 and older[0].json()["error"]["code"] == "superseded"
+    time.sleep(0.5)
+    generated = _generated(replicas) - before
+    assert generated < 0.8 * 4 * 900, "the engine kept generating a superseded answer"
+
+
 def _running(replicas: list[dict[str, object]]) -> float:
     return sum(engine_metric(r, "vllm:num_requests_running") for r in replicas)  # type: ignore[arg-type]
 
