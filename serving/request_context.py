@@ -42,6 +42,12 @@ class RequestContext:
     first_token: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # An answer cut short has no usage from its engine: what the engine was
+    # last asked to read (its payload's prompt or messages), the events relayed
+    # to the client, and whether the counts above are the gateway's estimate.
+    sent_prompt: Any = None
+    relayed_events: int = 0
+    usage_estimated: bool = False
     finish_reason: str | None = None
     queue_wait_s: float | None = None
     prompt_text: str | None = None

@@ -6,8 +6,31 @@ A leaf: the registry keeps one counter per model, the tasks count with it.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 logger = logging.getLogger("seed_serve.tokens")
+
+
+def count_prompt(counter: TokenCounter, prompt: Any) -> int:
+    """The tokens of an engine payload's ``prompt`` (a text, token ids, or a
+    batch of either) or chat ``messages`` (their texts; without the chat
+    template's own tokens)."""
+    if isinstance(prompt, str):
+        return counter.count(prompt)
+    if not isinstance(prompt, list):
+        return 0
+    if all(isinstance(item, int) for item in prompt):
+        return len(prompt)
+    total = 0
+    for item in prompt:
+        if isinstance(item, dict):  # a chat message: its text, or its text parts
+            content = item.get("content")
+            parts = content if isinstance(content, list) else [{"text": content}]
+            texts = [part.get("text") for part in parts if isinstance(part, dict)]
+            total += sum(counter.count(text) for text in texts if isinstance(text, str))
+        else:
+            total += count_prompt(counter, item)
+    return total
 
 
 class TokenCounter:

@@ -23,6 +23,7 @@ from serving.engine_link.replica_info import ReplicaInfo
 from serving.errors import APIError, BadRequestError, UpstreamError, api_error_for_status
 from serving.observability.metrics import GatewayMetrics
 from serving.request_context import RequestContext
+from serving.tokens import count_prompt
 from serving.upstream.adapters import AdapterPlacement
 from serving.upstream.client import EngineAnswer, EngineClient, EngineHTTPError
 from serving.upstream.registry import ReplicaRegistry
@@ -189,6 +190,8 @@ class Dispatcher:
             try:
                 if route.adapter is not None and ctx is not None and ctx.adapter_path:
                     await self._ensure_adapter(replica, route.adapter, ctx.adapter_path)
+                if ctx is not None and lease.ticket.cancel_reason is None:
+                    ctx.sent_prompt = payload.get("prompt", payload.get("messages"))
                 call = await self._attempt(lease, path, body, stream)
             except _NoAdapterSlot as exc:
                 lease.release()
@@ -216,6 +219,19 @@ class Dispatcher:
             code="replica_failed",
             headers={"Retry-After": "2"},
         )
+
+    async def estimate_usage(self, ctx: RequestContext) -> None:
+        """The usage of an answer cut short (the client left, superseded, failed
+        mid-stream), which its engine never reported, as the gateway can count
+        it: the prompt the engine read, with the model's tokenizer, and one
+        token per event relayed (speculative decoding may send more). Quotas,
+        usage and metrics count these; the audit line says they are estimated."""
+        if ctx.sent_prompt is None or ctx.prompt_tokens or ctx.completion_tokens:
+            return
+        counter = self.registry.token_counter(ctx.model or "")
+        prompt_tokens = await asyncio.to_thread(count_prompt, counter, ctx.sent_prompt)
+        ctx.usage(prompt_tokens, ctx.relayed_events)
+        ctx.usage_estimated = True
 
     async def _ensure_adapter(self, replica: ReplicaInfo, adapter: str, path: str) -> None:
         """The adapter resident on ``replica`` before its request is sent:

@@ -198,6 +198,7 @@ def build_app(
         else "x-seed-serve-session",
         training_data=config.adapters.training_data,
         usage=usage,
+        estimate_usage=dispatcher.estimate_usage,
         console=ConsoleAuth(signer, auth.tenant_record, sign_outs)
         if config.console.enabled
         else None,

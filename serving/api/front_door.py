@@ -70,6 +70,7 @@ class FrontDoor:
         training_data: str = "off",
         usage: UsageRecorder | None = None,
         console: ConsoleAuth | None = None,
+        estimate_usage: Callable[[RequestContext], Awaitable[None]] | None = None,
     ) -> None:
         self.routes = routes
         self.training_data = training_data  # tenants' default (adapters.training_data)
@@ -82,6 +83,7 @@ class FrontDoor:
         self.events = events
         self.usage = usage
         self.console = console
+        self.estimate_usage = estimate_usage
         self.auth_enabled = auth_enabled
         self.session_header = session_header.encode()
 
@@ -222,6 +224,11 @@ class FrontDoor:
         slots: list[str],
     ) -> None:
         try:
+            if self.estimate_usage is not None and ctx.sent_prompt is not None and _cut_short(ctx):
+                await self.estimate_usage(ctx)
+        except Exception:
+            logger.exception("usage estimate failed for %s", ctx.request_id)
+        try:
             if slots:
                 await self.quotas.release(slots)
             tokens = ctx.prompt_tokens + ctx.completion_tokens
@@ -321,6 +328,7 @@ class FrontDoor:
             "replica": ctx.replica,
             "prompt_tokens": ctx.prompt_tokens,
             "completion_tokens": ctx.completion_tokens,
+            "usage_estimated": ctx.usage_estimated,
             "status": ctx.status,
             "outcome": ctx.outcome,
             "error_code": ctx.error_code,
@@ -390,6 +398,13 @@ class _ResponseTracker:
                 await self._before_end(self.ctx)
             self.complete = self.complete or done
         await self._send(message)
+
+
+def _cut_short(ctx: RequestContext) -> bool:
+    """Whether the answer ended before its engine could report its usage."""
+    return ctx.outcome in ("cancelled", "superseded") or (
+        ctx.outcome == "error" and ctx.status == 200  # failed mid-stream
+    )
 
 
 def _rejection_reason(exc: APIError) -> str:

@@ -361,6 +361,7 @@ class _StreamReading:
     def relay(self, batch: bytes) -> bytes:
         """Note what ``batch`` (complete events) says; the bytes to relay."""
         ctx = self.ctx
+        ctx.relayed_events += batch.count(b"\n\n")  # usage, if the stream is cut short
         if not self.seen_first:
             self.seen_first = True
             with contextlib.suppress(ValueError, AttributeError):

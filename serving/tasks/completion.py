@@ -93,6 +93,7 @@ class CompletionRun:
     # Once a suggestion has a new line, it ends this long after its first token
     # ("time_limit"; llama.cpp's t_max_predict_ms): a slow engine still answers.
     time_limit_s: float | None = None
+    ctx: RequestContext | None = None
 
     async def deltas(self) -> AsyncGenerator[ChoiceDelta, None]:
         processors = {i: StreamingPostProcessor(self.prepared.point) for i in range(self.n)}
@@ -145,6 +146,11 @@ class CompletionRun:
         finally:
             # Early exits close the connection, which makes vLLM abort the request.
             self.call.finish()
+            ctx = self.ctx
+            if ctx is not None and not (ctx.prompt_tokens or ctx.completion_tokens):
+                # The engine's own counts so far (token ids), should the answer
+                # be cut short: the request's route notes its total when it ends.
+                ctx.usage(self.prompt_tokens, self.completion_tokens)
         for index, processor in processors.items():
             if index not in self.finish_reasons:  # stream ended without a reason
                 processor.feed(healers[index].feed("", final=True))
@@ -392,7 +398,7 @@ class CodeCompleter:
             stream=True,
             cost=prepared.max_tokens * n,
         )
-        return CompletionRun(prepared=prepared, call=call, n=n, time_limit_s=time_limit_s)
+        return CompletionRun(prepared=prepared, call=call, n=n, time_limit_s=time_limit_s, ctx=ctx)
 
     async def complete(
         self,

@@ -58,6 +58,7 @@ class Received:
     hung_up: bool = False  # the gateway closed the connection mid-answer
     finished: bool = False  # the engine sent its whole answer
     sent: bytes = b""  # the body the engine wrote
+    progress: asyncio.Event | None = None  # set as it writes
 
 
 def _dumps(value: Any, spaced: bool, rng: random.Random) -> bytes:
@@ -108,6 +109,15 @@ class ScriptedEngine:
             message = "Loading lora failed: adapter_model.safetensors is not a safetensors file"
             return 500, json.dumps({"error": {"message": message}}).encode()
         return 200, b"Success"
+
+    async def sent(self, events: int, request: int = 0) -> None:
+        """Until its answer to request ``request`` has sent ``events`` SSE events."""
+        await self.requests(request + 1)
+        answer = self.received[request]
+        while answer.sent.count(b"\n\n") < events:
+            answer.progress = answer.progress or asyncio.Event()
+            await answer.progress.wait()
+            answer.progress.clear()
 
     def got(self, received: Received) -> None:
         self.received.append(received)
@@ -318,6 +328,8 @@ class ScriptedAnswer:
     def feed(self, data: bytes) -> None:
         if self.received is not None:
             self.received.sent += data
+            if self.received.progress is not None:
+                self.received.progress.set()
         self._queue.put_nowait(data)
 
     def end(self) -> None:

@@ -628,7 +628,8 @@ def test_client_disconnect_aborts_the_engine_request(
         time.sleep(0.2)
     before = _generated(replicas)
     body = {**LONG, "max_tokens": 1000, "min_tokens": 1000, "stream": stream}
-    hang_up_after(tiny_stack, tiny_stack.api_key, body, 1.0)
+    request_id = f"left-{stream}"
+    hang_up_after(tiny_stack, tiny_stack.api_key, body, 1.0, **{"x-request-id": request_id})
     deadline = time.monotonic() + 5
     while _running(replicas) > 0 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -636,6 +637,12 @@ def test_client_disconnect_aborts_the_engine_request(
     time.sleep(0.5)
     generated = _generated(replicas) - before
     assert generated < 0.8 * 4 * 1000, "the engine kept generating for a client that had left"
+    # The engine read the prompt all the same: the gateway counts it (with the
+    # model's tokenizer, without the engine's own BOS, if it adds one).
+    whole = post(tiny_stack, tiny_stack.api_key, BODY).json()["usage"]["prompt_tokens"]
+    line = next(r for r in tiny_stack.audit_lines() if r["request_id"] == request_id)
+    assert line["outcome"] == "cancelled" and line["usage_estimated"] is True
+    assert whole - 1 <= line["prompt_tokens"] <= whole
 
 
 # --------------------------------------------------------------------------- fuzzing
