@@ -242,6 +242,7 @@ class OllamaServing:
                         content = (choice.get("delta") or {}).get("content") or ""
                         if content:
                             first = first or time.monotonic()
+                            ctx.relayed_events += 1  # usage, if the answer is cut short
                             text.append(content)
                             if stream:
                                 yield piece(content)

@@ -98,6 +98,25 @@ def test_a_stream_the_client_left_counts_the_prompt_and_the_tokens_relayed(
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
+def test_an_ollama_chat_the_client_left_counts_its_messages_and_pieces(tmp_path: Path) -> None:
+    config, audit = _config(tmp_path)
+
+    async def scenario() -> None:
+        engine = ScriptedEngine("s-0", default=Script(tokens=50, pace_s=0.05))
+        async with scripted_gateway(engine, config=config) as gateway:
+            body = {"model": "scripted", "stream": True,
+                    "messages": [{"role": "user", "content": PROMPT}]}  # fmt: skip
+            reply = await _leave_after(gateway, "/api/chat", body, events=3)
+            await asyncio.sleep(0.05)
+            got = len([line for line in reply.body.splitlines() if line])
+            line = _audit(audit)["cut"]
+            assert line["outcome"] == "cancelled" and line["usage_estimated"] is True
+            assert line["prompt_tokens"] == len(PROMPT.encode())  # the message's text
+            assert 3 <= got <= line["completion_tokens"] < 50
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
 def test_a_superseded_code_completion_counts_the_engines_own_tokens(tmp_path: Path) -> None:
     """The code tasks read the engine's token ids as they come: exact counts."""
     config, audit = _config(tmp_path)
