@@ -36,8 +36,12 @@ _ORDER = itertools.count()
 
 class Superseded(ConflictError):
     def __init__(self) -> None:
+        # The openai SDKs retry a 409 unless told not to: resent, it would
+        # supersede the newer completion in turn.
         super().__init__(
-            "A newer completion for the same document replaced this one.", code="superseded"
+            "A newer completion for the same document replaced this one.",
+            code="superseded",
+            headers={"x-should-retry": "false"},
         )
 
 

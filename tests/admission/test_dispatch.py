@@ -191,6 +191,7 @@ def test_a_newer_completion_supersedes_a_queued_one() -> None:
             replaced = await older
             assert replaced.status == 409
             assert replaced.json()["error"]["code"] == "superseded"
+            assert replaced.headers["x-should-retry"] == "false"  # the SDKs retry a 409
             assert newer.status == 200 and (await busy).status == 200
             assert len(engine.received) == 2  # the superseded one never reached it
 

@@ -610,6 +610,41 @@ def test_latest_keystroke_wins_over_a_plain_answer(tiny_stack: SeedServeProcess)
     assert generated < 0.8 * 4 * 900, "the engine kept generating a superseded answer"
 
 
+def test_a_superseded_completion_is_not_retried_by_the_sdk(tiny_stack: SeedServeProcess) -> None:
+    """The openai SDKs retry a 409 by default: resent, a superseded completion
+    would supersede the newer one in turn (and so on). The gateway tells them
+    not to (``x-should-retry: false``), so the newer answer stands."""
+    client = openai.OpenAI(
+        base_url=tiny_stack.base_url + "/v1", api_key=tiny_stack.api_key,
+        default_headers={"x-seed-serve-document": "src/sdk.py"},
+    )  # fmt: skip
+    replicas = replica_endpoints(tiny_stack)
+    long = {k: v for k, v in LONG.items() if k != "min_tokens"}
+    outcome: list[object] = []
+
+    def older() -> None:
+        try:
+            outcome.append(client.completions.create(**long, extra_body={"min_tokens": 900}))
+        except openai.ConflictError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=older)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not _running(replicas) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the older one is generating
+    newer = client.completions.with_raw_response.create(
+        **{**long, "max_tokens": 300}, extra_body={"min_tokens": 300}
+    )
+    thread.join(120)
+    assert newer.http_response.status_code == 200
+    assert isinstance(outcome[0], openai.ConflictError)
+    assert outcome[0].response.headers["x-should-retry"] == "false"
+    sent = [r for r in tiny_stack.audit_lines() if r["request_id"] in (
+        outcome[0].response.headers["x-request-id"], newer.headers["x-request-id"])]  # fmt: skip
+    assert [r["outcome"] for r in sent] == ["superseded", "ok"]
+
+
 def _running(replicas: list[dict[str, object]]) -> float:
     return sum(engine_metric(r, "vllm:num_requests_running") for r in replicas)  # type: ignore[arg-type]
 
