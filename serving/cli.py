@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from serving import __version__
 from serving.cli_adapters import add_parser as add_adapters_parser
 from serving.cli_adapters import run as run_adapters
@@ -246,15 +248,20 @@ def _keys(args: argparse.Namespace) -> int:
             )
             if getattr(args, name) is not None
         }
-        record, secret = create_key(
-            path,
-            tenant=args.tenant,
-            name=args.name,
-            role=args.role,
-            owner=args.owner,
-            expires=expires,
-            limits=limits,
-        )
+        try:
+            record, secret = create_key(
+                path,
+                tenant=args.tenant,
+                name=args.name,
+                role=args.role,
+                owner=args.owner,
+                expires=expires,
+                limits=limits,
+            )
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            flag = "--" + str(error["loc"][-1]).replace("_", "-") if error["loc"] else "key"
+            raise ConfigError(flag, f"{error['msg']} (got {error['input']!r})") from None
         print(secret)
         print(
             f"key {record.id} for tenant {record.tenant} ({record.role}) saved to {path}; "

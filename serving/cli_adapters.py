@@ -115,21 +115,10 @@ def _list(config: ServingConfig, keys_file: Path, tenant: str | None) -> int:
     return 0
 
 
-def _max_rank(config: ServingConfig, base: str) -> int | None:
-    rank = config.max_lora_rank(base)
-    if rank is None:
-        print(
-            f"warning: no replica group serves `{base}` with adapters (lora.enabled); "
-            "the adapter is registered but cannot be served until one does",
-            file=sys.stderr,
-        )
-        return None
-    return rank
-
-
 def _add(config: ServingConfig, keys_file: Path, args: argparse.Namespace) -> int:
     from serving.adapters import AdapterRefused, add_adapter, set_default
 
+    max_rank = config.max_lora_rank(args.base)
     try:
         record = add_adapter(
             Path(config.adapters.registry_file),
@@ -138,12 +127,18 @@ def _add(config: ServingConfig, keys_file: Path, args: argparse.Namespace) -> in
             path=args.path.expanduser().absolute(),
             tenant=args.tenant,
             roots=config.adapters.roots,
-            max_rank=_max_rank(config, args.base),
+            max_rank=max_rank,
             description=args.description,
         )
     except AdapterRefused as exc:
         raise ConfigError("adapter", str(exc)) from None
     print(f"adapter {record.name} (rank {record.rank}) of {record.base_model} for {record.tenant}")
+    if max_rank is None:
+        print(
+            f"warning: no replica group serves `{args.base}` with adapters (lora.enabled); "
+            "the adapter is registered but cannot be served until one does",
+            file=sys.stderr,
+        )
     if args.default:
         set_default(Path(config.adapters.registry_file), args.tenant, record.name)
         print(f"tenant {args.tenant} now uses {record.name} for {record.base_model}")

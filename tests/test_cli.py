@@ -124,3 +124,36 @@ def test_the_ready_snippet_shows_the_console_and_how_to_sign_in() -> None:
     assert "with your company account" in ready_snippet(sso, [], "sk-seed-x")
     off = ServingConfig.model_validate({"console": {"enabled": False}})
     assert "Console" not in ready_snippet(off, [], "sk-seed-x")
+
+
+def test_a_bad_key_option_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+    """Not a traceback; and the keys file is left as it was."""
+    home = {"SEED_SERVE_HOME": str(tmp_path)}
+    created = run_cli("keys", "create", "--tenant", "team", "--name", "dev", env=home)
+    assert created.returncode == 0, created.stderr
+    keys_file = tmp_path / "keys.yaml"
+    before = keys_file.read_text()
+    for args, flag in (
+        (["--tenant", "", "--name", "x"], "--tenant"),
+        (["--tenant", "team", "--name", "x", "--rpm", "-5"], "--rpm"),
+        (["--tenant", "team", "--name", "x" * 200], "--name"),
+    ):
+        result = run_cli("keys", "create", *args, env=home)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"seed-serve: config error: {flag}:"), lines
+    assert keys_file.read_text() == before
+
+
+def test_a_refused_adapter_is_not_said_to_be_registered(tmp_path: Path) -> None:
+    """(The embedded default serves no adapters: the warning that says so
+    comes only once an adapter was registered.)"""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    result = run_cli(
+        "adapters", "add", "stray", "--base", "smollm2-135m-demo", "--path", str(outside),
+        "--tenant", "house", env={"SEED_SERVE_HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "outside the configured adapter roots" in lines[0], lines
