@@ -1,5 +1,6 @@
 """Real IDE clients against the real stack (tiny model on real vLLM engines,
-real Ray, real HTTP): the official `ollama` Python client on /api/*, Tabby's
+real Ray, real HTTP): the official `openai` JavaScript SDK (as TypeScript
+plugins use it) on /v1, the official `ollama` Python client on /api/*, Tabby's
 own agent (`tabby-agent` from npm, its JSON-lines mode and its LSP server) on
 /tabby, and llama.vscode's and llama.vim's requests on /infill (llama.vim's
 through curl, as it sends them).
@@ -25,10 +26,11 @@ import httpx
 import ollama
 import pytest
 
-from tests.support.stack import TINY_MODEL, SeedServeProcess
+from tests.support.stack import TINY_MODEL, SeedServeProcess, engine_metric, replica_endpoints
 
 CLIENTS = Path(__file__).resolve().parents[2] / "clients"
 TABBY_AGENT = CLIENTS / "node_modules" / "tabby-agent" / "dist" / "cli.js"
+OPENAI_JS = CLIENTS / "openai_sdk_scenarios.mjs"
 PREFIX = "def add(a, b):\n    return "
 SUFFIX = "\n\n\nprint(add(1, 2))\n"
 
@@ -42,6 +44,58 @@ def audit_of(stack: SeedServeProcess, route: str, *, at_least: int = 0) -> list[
         if len(lines) >= at_least or time.monotonic() > deadline:
             return lines
         time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- openai (JavaScript)
+
+
+def test_the_openai_javascript_sdk(tiny_stack: SeedServeProcess) -> None:
+    """Completions plain and streamed, errors as the SDK's typed errors, an
+    aborted stream, and a superseded completion the SDK does not retry
+    (tests/clients/openai_sdk_scenarios.mjs)."""
+    if not (CLIENTS / "node_modules" / "openai").exists():
+        pytest.fail("the openai npm package is missing: `make test` installs it (npm ci)")
+    script = subprocess.Popen(
+        ["node", str(OPENAI_JS), tiny_stack.base_url + "/v1", tiny_stack.api_key, TINY_MODEL],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert script.stdout is not None and script.stdin is not None
+    try:
+        assert script.stdout.readline().strip() == "older sent"
+        replicas = replica_endpoints(tiny_stack)
+        deadline = time.monotonic() + 60
+        while not sum(engine_metric(r, "vllm:num_requests_running") for r in replicas):
+            assert time.monotonic() < deadline, "the older completion never ran"
+            time.sleep(0.05)
+        script.stdin.write("go\n")
+        script.stdin.flush()
+        stdout, stderr = script.communicate(timeout=300)
+    finally:
+        script.kill()
+    assert script.returncode == 0, stderr
+    out = json.loads(stdout)
+    assert out["models"] == [TINY_MODEL]
+    assert out["plain"]["usage"]["completion_tokens"] == 5 and out["plain"]["finish"] == "length"
+    assert out["stream"]["text"] == out["plain"]["text"]  # greedy: the same text
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    assert [out["stream"]["usage"][k] for k in counts] == [out["plain"]["usage"][k] for k in counts]
+    assert out["stream"]["chunks"] >= 2
+    unknown = out["unknownModel"]["error"]
+    assert (unknown["status"], unknown["code"]) == (404, "model_not_found")
+    assert "nope" in unknown["message"]
+    bad = out["badMaxTokens"]["error"]
+    assert (bad["status"], bad["param"]) == (400, "max_tokens")
+    assert out["chatOnBase"]["error"]["code"] == "chat_not_supported"
+    assert out["aborted"]["aborted"] and 1 <= out["aborted"]["received"] < 900
+    aborted = audit_of(tiny_stack, "/v1/completions")
+    assert [r["outcome"] for r in aborted if r["request_id"] == "js-aborted"] == ["cancelled"]
+    superseded = out["superseded"]
+    assert superseded["newer"] == "ok", superseded
+    older = superseded["older"]["error"]
+    assert (older["status"], older["code"], older["shouldRetry"]) == (409, "superseded", "false")
+    # Not resent: the document's only lines are the superseded one and the newer one.
+    resent = [r for r in audit_of(tiny_stack, "/v1/completions") if r["outcome"] == "superseded"]
+    assert [r["request_id"] for r in resent].count(older["requestId"]) == 1
 
 
 # --------------------------------------------------------------------------- Ollama
