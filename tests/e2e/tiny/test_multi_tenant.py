@@ -619,6 +619,9 @@ def test_a_superseded_completion_is_not_retried_by_the_sdk(tiny_stack: SeedServe
         default_headers={"x-seed-serve-document": "src/sdk.py"},
     )  # fmt: skip
     replicas = replica_endpoints(tiny_stack)
+    deadline = time.monotonic() + 30
+    while _running(replicas) and time.monotonic() < deadline:
+        time.sleep(0.2)  # nothing else running: the wait below sees the older one
     long = {k: v for k, v in LONG.items() if k != "min_tokens"}
     outcome: list[object] = []
 
