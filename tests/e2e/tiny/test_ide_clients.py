@@ -55,6 +55,14 @@ def test_the_openai_javascript_sdk(tiny_stack: SeedServeProcess) -> None:
     (tests/clients/openai_sdk_scenarios.mjs)."""
     if not (CLIENTS / "node_modules" / "openai").exists():
         pytest.fail("the openai npm package is missing: `make test` installs it (npm ci)")
+    replicas = replica_endpoints(tiny_stack)
+
+    def running() -> float:
+        return sum(engine_metric(r, "vllm:num_requests_running") for r in replicas)
+
+    deadline = time.monotonic() + 30
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.2)  # nothing else running: the wait below sees the older completion
     script = subprocess.Popen(
         ["node", str(OPENAI_JS), tiny_stack.base_url + "/v1", tiny_stack.api_key, TINY_MODEL],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -62,9 +70,8 @@ def test_the_openai_javascript_sdk(tiny_stack: SeedServeProcess) -> None:
     assert script.stdout is not None and script.stdin is not None
     try:
         assert script.stdout.readline().strip() == "older sent"
-        replicas = replica_endpoints(tiny_stack)
         deadline = time.monotonic() + 60
-        while not sum(engine_metric(r, "vllm:num_requests_running") for r in replicas):
+        while not running():
             assert time.monotonic() < deadline, "the older completion never ran"
             time.sleep(0.05)
         script.stdin.write("go\n")
