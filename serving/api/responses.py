@@ -155,6 +155,11 @@ class EventStream:
             await send({"type": "http.response.start", "status": 200, "headers": self.headers})
             async for chunk in self.events:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if chunk.endswith(DONE):
+                    # The answer is whole: the SDKs close the response here, and
+                    # the engine's last bytes are still read, so its connection
+                    # is kept for the next request instead of being dropped.
+                    watch.close()
             watch.close()  # the end of the response wakes the watcher too
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:

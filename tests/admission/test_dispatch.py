@@ -258,6 +258,9 @@ def test_a_client_that_leaves_at_done_was_answered() -> None:
             )
             assert reply.events()[-1] == "[DONE]" and reply.events()[-2]["usage"]
             assert not reply.complete  # it left before the response's last byte
+            await asyncio.sleep(0.4)
+            # The engine's answer was read to its end (its connection is kept).
+            assert engine.received[0].finished and not engine.received[0].hung_up
             assert sample(gateway, "seed_serve_cancellations_total", reason="disconnect") == 0
             labels = {"task": "completion", "model": "scripted", "adapter": ""}
             assert sample(gateway, "seed_serve_requests_total", **labels, status="200") == 1
