@@ -234,6 +234,17 @@ class SeedServeProcess:
             return []
         return [json.loads(line) for line in self.audit_file.read_text().splitlines() if line]
 
+    def audit_line(self, request_id: str, timeout: float = 30) -> dict[str, Any]:
+        """The audit line of ``request_id``, once written (just after its answer)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.audit_lines():
+                if line["request_id"] == request_id:
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no audit line for request {request_id}")
+            time.sleep(0.1)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

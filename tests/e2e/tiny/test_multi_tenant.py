@@ -643,9 +643,9 @@ def test_a_superseded_completion_is_not_retried_by_the_sdk(tiny_stack: SeedServe
     assert newer.http_response.status_code == 200
     assert isinstance(outcome[0], openai.ConflictError)
     assert outcome[0].response.headers["x-should-retry"] == "false"
-    sent = [r for r in tiny_stack.audit_lines() if r["request_id"] in (
-        outcome[0].response.headers["x-request-id"], newer.headers["x-request-id"])]  # fmt: skip
-    assert [r["outcome"] for r in sent] == ["superseded", "ok"]
+    older_line = tiny_stack.audit_line(outcome[0].response.headers["x-request-id"])
+    assert older_line["outcome"] == "superseded"
+    assert tiny_stack.audit_line(newer.headers["x-request-id"])["outcome"] == "ok"
 
 
 def _running(replicas: list[dict[str, object]]) -> float:
@@ -678,7 +678,7 @@ def test_client_disconnect_aborts_the_engine_request(
     # The engine read the prompt all the same: the gateway counts it (with the
     # model's tokenizer, without the engine's own BOS, if it adds one).
     whole = post(tiny_stack, tiny_stack.api_key, BODY).json()["usage"]["prompt_tokens"]
-    line = next(r for r in tiny_stack.audit_lines() if r["request_id"] == request_id)
+    line = tiny_stack.audit_line(request_id)
     assert line["outcome"] == "cancelled" and line["usage_estimated"] is True
     assert whole - 1 <= line["prompt_tokens"] <= whole
 
