@@ -62,12 +62,13 @@ async def call(
     client: tuple[str, int] = ("127.0.0.1", 40000),
     leave: asyncio.Event | None = None,
     leave_at: bytes | None = None,
+    leave_after: int | None = None,
     body_parts: int = 1,
 ) -> Reply:
-    """One request; the client hangs up when ``leave`` is set, or once a body
+    """One request; the client hangs up when ``leave`` is set, once a body
     chunk ends with ``leave_at`` (the SDKs close the response at ``[DONE]``),
-    else when answered."""
-    if leave_at is not None:
+    or after ``leave_after`` body chunks, else when answered."""
+    if leave_at is not None or leave_after is not None:
         leave = leave or asyncio.Event()
     if json_body is not None:
         body = json.dumps(json_body).encode()
@@ -118,6 +119,8 @@ async def call(
             if message.get("body"):
                 reply.chunks.append(message["body"])
                 if leave_at is not None and message["body"].endswith(leave_at):
+                    gone.set()
+                if leave_after is not None and len(reply.chunks) >= leave_after:
                     gone.set()
             if not message.get("more_body", False):
                 reply.complete = True
