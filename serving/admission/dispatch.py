@@ -32,6 +32,7 @@ from serving.upstream.routing import RouteRequest
 logger = logging.getLogger("seed_serve.dispatch")
 
 _HEALTH_WATCH_S = 0.5
+_TOKENIZE_S = 5.0  # a cut chat answer's prompt count from its engine, at most this long
 
 
 class _ReplicaFailed(Exception):
@@ -223,15 +224,44 @@ class Dispatcher:
     async def estimate_usage(self, ctx: RequestContext) -> None:
         """The usage of an answer cut short (the client left, superseded, failed
         mid-stream), which its engine never reported, as the gateway can count
-        it: the prompt the engine read, with the model's tokenizer, and one
-        token per event relayed (speculative decoding may send more). Quotas,
-        usage and metrics count these; the audit line says they are estimated."""
-        if ctx.sent_prompt is None or ctx.prompt_tokens or ctx.completion_tokens:
+        it: the prompt the engine read, with the model's tokenizer (chat
+        messages: as the engine's /tokenize counts them, its chat template
+        included), and one token per event relayed (speculative decoding may
+        send more). Quotas, usage and metrics count these; the audit line says
+        they are estimated."""
+        prompt = ctx.sent_prompt
+        if prompt is None or ctx.prompt_tokens or ctx.completion_tokens:
             return
-        counter = self.registry.token_counter(ctx.model or "")
-        prompt_tokens = await asyncio.to_thread(count_prompt, counter, ctx.sent_prompt)
+        prompt_tokens = None
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
+            prompt_tokens = await self._chat_prompt_tokens(ctx.replica, ctx.model, prompt)
+        if prompt_tokens is None:
+            counter = self.registry.token_counter(ctx.model or "")
+            prompt_tokens = await asyncio.to_thread(count_prompt, counter, prompt)
         ctx.usage(prompt_tokens, ctx.relayed_events)
         ctx.usage_estimated = True
+
+    async def _chat_prompt_tokens(
+        self, replica_id: str | None, model: str | None, messages: list[Any]
+    ) -> int | None:
+        """Chat messages' tokens as the engine that read them counts them (its
+        /tokenize applies the chat template); None if it cannot say now."""
+        replica = next((r for r in self.registry.all() if r.replica_id == replica_id), None)
+        if replica is None:
+            return None
+        body = json.dumps({"model": model, "messages": messages}).encode()
+        try:
+            async with asyncio.timeout(_TOKENIZE_S):
+                answer = await self.client.post(replica, "/tokenize", body, stream=False)
+                try:
+                    raw = await answer.read()
+                finally:
+                    answer.release()
+            if answer.status != 200:
+                return None
+            return int(json.loads(raw)["count"])
+        except (TimeoutError, EngineHTTPError, ValueError, KeyError, TypeError):
+            return None
 
     async def _ensure_adapter(self, replica: ReplicaInfo, adapter: str, path: str) -> None:
         """The adapter resident on ``replica`` before its request is sent:

@@ -94,6 +94,9 @@ def test_a_stream_the_client_left_counts_the_prompt_and_the_tokens_relayed(
 
 
 def test_an_ollama_chat_the_client_left_counts_its_messages_and_pieces(tmp_path: Path) -> None:
+    """Chat messages are counted by the engine that read them (its /tokenize
+    applies the chat template); by the gateway's tokenizer (their text alone)
+    when the engine cannot say."""
     config, audit = _config(tmp_path)
 
     async def scenario() -> None:
@@ -101,13 +104,18 @@ def test_an_ollama_chat_the_client_left_counts_its_messages_and_pieces(tmp_path:
         async with scripted_gateway(engine, config=config) as gateway:
             body = {"model": "scripted", "stream": True,
                     "messages": [{"role": "user", "content": PROMPT}]}  # fmt: skip
-            reply = await _leave_after(gateway, "/api/chat", body, chunks=3)
-            await asyncio.sleep(0.05)
-            got = len([line for line in reply.body.splitlines() if line])
-            line = _audit(audit)["cut"]
-            assert line["outcome"] == "cancelled" and line["usage_estimated"] is True
-            assert line["prompt_tokens"] == len(PROMPT.encode())  # the message's text
-            assert 3 <= got <= line["completion_tokens"] < 50
+            for tokenize, prompt_tokens in (
+                (True, ScriptedEngine.chat_prompt_tokens(body)),
+                (False, len(PROMPT.encode())),  # the message's text, in bytes here
+            ):
+                engine.tokenize = tokenize
+                reply = await _leave_after(gateway, "/api/chat", body, chunks=3)
+                await asyncio.sleep(0.05)
+                got = len([line for line in reply.body.splitlines() if line])
+                line = _audit(audit)["cut"]
+                assert line["outcome"] == "cancelled" and line["usage_estimated"] is True
+                assert line["prompt_tokens"] == prompt_tokens
+                assert 3 <= got <= line["completion_tokens"] < 50
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
 

@@ -98,6 +98,7 @@ class ScriptedEngine:
         self.adapter_calls: list[tuple[str, str]] = []
         self.broken_adapter_paths: set[str] = set()
         self.adapters: ResidentAdapters | None = None
+        self.tokenize = True  # whether it answers /tokenize (vLLM does)
 
     async def adapter_api(
         self, method: str, path: str, body: Any = None, *, timeout_s: float = 5.0
@@ -118,6 +119,12 @@ class ScriptedEngine:
             answer.progress = answer.progress or asyncio.Event()
             await answer.progress.wait()
             answer.progress.clear()
+
+    @staticmethod
+    def chat_prompt_tokens(payload: dict[str, Any]) -> int:
+        """What its /tokenize counts for chat messages: 3 for its chat
+        template, one per character of their text."""
+        return 3 + sum(len(str(m.get("content") or "")) for m in payload.get("messages") or [])
 
     def got(self, received: Received) -> None:
         self.received.append(received)
@@ -217,6 +224,11 @@ class ScriptedEngine:
 
     async def run(self, script: Script, received: Received, answer: ScriptedAnswer) -> None:
         payload = received.payload
+        if received.path == "/tokenize":
+            answer.start(200 if self.tokenize else 404)
+            answer.feed(json.dumps({"count": self.chat_prompt_tokens(payload)}).encode())
+            answer.end()
+            return
         created = 1_700_000_000
         if script.headers_delay_s:
             await asyncio.sleep(script.headers_delay_s)

@@ -71,6 +71,27 @@ def test_streaming_code_matches_and_chat_works(demo_client: openai.OpenAI) -> No
     assert [m.model_dump()["chat"] for m in demo_client.models.list().data] == [True]
 
 
+def test_a_chat_answer_the_client_left_counts_the_engines_prompt_tokens(
+    demo_stack: SeedServeProcess, demo_client: openai.OpenAI
+) -> None:
+    """vLLM reports no usage for a request it aborts: the gateway asks the
+    engine's /tokenize for the chat prompt (its template included), so the
+    count is the one a whole answer reports."""
+    messages = [{"role": "user", "content": "Write a long Python module about shapes."}]
+    whole = demo_client.chat.completions.create(model=DEMO_MODEL, messages=messages, max_tokens=2)
+    assert whole.usage is not None
+    body = {"model": DEMO_MODEL, "messages": messages, "max_tokens": 300, "stream": True}
+    with demo_stack.http.stream(
+        "POST", "/v1/chat/completions", json=body, headers={"x-request-id": "chat-left"}
+    ) as response:
+        lines = response.iter_lines()
+        assert [next(lines) for _ in range(4)]  # two events, then hang up
+    line = demo_stack.audit_line("chat-left")
+    assert line["outcome"] == "cancelled" and line["usage_estimated"] is True
+    assert line["prompt_tokens"] == whole.usage.prompt_tokens
+    assert line["completion_tokens"] >= 1
+
+
 # --------------------------------------------------------------------------- code tasks
 
 
