@@ -224,7 +224,7 @@ class FrontDoor:
         slots: list[str],
     ) -> None:
         try:
-            if self.estimate_usage is not None and ctx.sent_prompt is not None and _cut_short(ctx):
+            if self.estimate_usage is not None and _cut_short(ctx):
                 await self.estimate_usage(ctx)
         except Exception:
             logger.exception("usage estimate failed for %s", ctx.request_id)

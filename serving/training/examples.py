@@ -99,10 +99,14 @@ def _rank(example: FimExample) -> int:
     return int.from_bytes(digest, "big") % 10_000
 
 
+def _picked(rank: int, share: float) -> bool:
+    return rank < share * 10_000
+
+
 def held_out(example: FimExample, share: float) -> bool:
     """Whether an accepted example is always held out for evaluation: its key
     ranks under ``share`` (the same in every run, however the data grows)."""
-    return example.source == "accepted" and _rank(example) < share * 10_000
+    return example.source == "accepted" and _picked(_rank(example), share)
 
 
 def split(
@@ -117,7 +121,7 @@ def split(
     Those ``held_out`` picks stay held out as the data grows; the ones added
     to make up the share may move into training when new examples rank lower."""
     ranks = {id(e): _rank(e) for e in examples if e.source == "accepted"}
-    picked = sum(rank < share * 10_000 for rank in ranks.values())
+    picked = sum(_picked(rank, share) for rank in ranks.values())
     ordered = sorted(ranks, key=ranks.__getitem__)
     wanted = math.floor(share * len(ranks) + 1e-9)  # the slack keeps 0.29 * 100 at 29
     chosen = set(ordered[: max(picked, wanted)])

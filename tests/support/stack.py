@@ -354,6 +354,22 @@ def engine_metric(replica: dict[str, Any], name: str) -> float:
     return total
 
 
+def engines_running(replicas: list[dict[str, Any]]) -> float:
+    """Requests the engines are running now (their own vllm:num_requests_running)."""
+    return sum(engine_metric(r, "vllm:num_requests_running") for r in replicas)
+
+
+def wait_for_engines(replicas: list[dict[str, Any]], *, busy: bool, timeout_s: float = 30) -> bool:
+    """Until the engines run something (``busy``) or nothing; whether they did
+    within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while bool(engines_running(replicas)) != busy:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 class JoinedGateway(SeedServeProcess):
     """`seed-serve gateway` joined to a running stack's Ray cluster (no engine start-up)."""
 

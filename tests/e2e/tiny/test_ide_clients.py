@@ -26,7 +26,7 @@ import httpx
 import ollama
 import pytest
 
-from tests.support.stack import TINY_MODEL, SeedServeProcess, engine_metric, replica_endpoints
+from tests.support.stack import TINY_MODEL, SeedServeProcess, replica_endpoints, wait_for_engines
 
 CLIENTS = Path(__file__).resolve().parents[2] / "clients"
 TABBY_AGENT = CLIENTS / "node_modules" / "tabby-agent" / "dist" / "cli.js"
@@ -56,13 +56,7 @@ def test_the_openai_javascript_sdk(tiny_stack: SeedServeProcess) -> None:
     if not (CLIENTS / "node_modules" / "openai").exists():
         pytest.fail("the openai npm package is missing: `make test` installs it (npm ci)")
     replicas = replica_endpoints(tiny_stack)
-
-    def running() -> float:
-        return sum(engine_metric(r, "vllm:num_requests_running") for r in replicas)
-
-    deadline = time.monotonic() + 30
-    while running() and time.monotonic() < deadline:
-        time.sleep(0.2)  # nothing else running: the wait below sees the older completion
+    wait_for_engines(replicas, busy=False)  # so the wait below sees the older completion
     script = subprocess.Popen(
         ["node", str(OPENAI_JS), tiny_stack.base_url + "/v1", tiny_stack.api_key, TINY_MODEL],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -70,10 +64,7 @@ def test_the_openai_javascript_sdk(tiny_stack: SeedServeProcess) -> None:
     assert script.stdout is not None and script.stdin is not None
     try:
         assert script.stdout.readline().strip() == "older sent"
-        deadline = time.monotonic() + 60
-        while not running():
-            assert time.monotonic() < deadline, "the older completion never ran"
-            time.sleep(0.05)
+        assert wait_for_engines(replicas, busy=True, timeout_s=60), "the older one never ran"
         script.stdin.write("go\n")
         script.stdin.flush()
         stdout, stderr = script.communicate(timeout=300)

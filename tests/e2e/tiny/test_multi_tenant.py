@@ -31,8 +31,10 @@ from tests.support.stack import (
     JoinedGateway,
     SeedServeProcess,
     engine_metric,
+    engines_running,
     free_port,
     replica_endpoints,
+    wait_for_engines,
 )
 
 
@@ -588,9 +590,7 @@ def test_latest_keystroke_wins_over_a_plain_answer(tiny_stack: SeedServeProcess)
     the end: a superseded plain request is still aborted at once, not left to
     generate an answer nobody will read."""
     replicas = replica_endpoints(tiny_stack)
-    deadline = time.monotonic() + 30
-    while _running(replicas) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for_engines(replicas, busy=False)
     before = _generated(replicas)
     document = {"x-seed-serve-document": "src/plain.py"}
     older: list[httpx.Response] = []
@@ -598,9 +598,7 @@ def test_latest_keystroke_wins_over_a_plain_answer(tiny_stack: SeedServeProcess)
         target=lambda: older.append(post(tiny_stack, tiny_stack.api_key, LONG, headers=document))
     )
     thread.start()
-    deadline = time.monotonic() + 30
-    while not _running(replicas) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the older one is generating
+    wait_for_engines(replicas, busy=True)  # the older one is generating
     newer = post(tiny_stack, tiny_stack.api_key, BODY, headers=document)
     thread.join(60)
     assert newer.status_code == 200
@@ -619,9 +617,7 @@ def test_a_superseded_completion_is_not_retried_by_the_sdk(tiny_stack: SeedServe
         default_headers={"x-seed-serve-document": "src/sdk.py"},
     )  # fmt: skip
     replicas = replica_endpoints(tiny_stack)
-    deadline = time.monotonic() + 30
-    while _running(replicas) and time.monotonic() < deadline:
-        time.sleep(0.2)  # nothing else running: the wait below sees the older one
+    wait_for_engines(replicas, busy=False)  # so the wait below sees the older one
     long = {k: v for k, v in LONG.items() if k != "min_tokens"}
     outcome: list[object] = []
 
@@ -633,9 +629,7 @@ def test_a_superseded_completion_is_not_retried_by_the_sdk(tiny_stack: SeedServe
 
     thread = threading.Thread(target=older)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not _running(replicas) and time.monotonic() < deadline:
-        time.sleep(0.05)  # the older one is generating
+    wait_for_engines(replicas, busy=True)  # the older one is generating
     newer = client.completions.with_raw_response.create(
         **{**long, "max_tokens": 300}, extra_body={"min_tokens": 300}
     )
@@ -648,10 +642,6 @@ def test_a_superseded_completion_is_not_retried_by_the_sdk(tiny_stack: SeedServe
     assert tiny_stack.audit_line(newer.headers["x-request-id"])["outcome"] == "ok"
 
 
-def _running(replicas: list[dict[str, object]]) -> float:
-    return sum(engine_metric(r, "vllm:num_requests_running") for r in replicas)  # type: ignore[arg-type]
-
-
 def _generated(replicas: list[dict[str, object]]) -> float:
     return sum(engine_metric(r, "vllm:generation_tokens_total") for r in replicas)  # type: ignore[arg-type]
 
@@ -661,17 +651,13 @@ def test_client_disconnect_aborts_the_engine_request(
     tiny_stack: SeedServeProcess, stream: bool
 ) -> None:
     replicas = replica_endpoints(tiny_stack)
-    deadline = time.monotonic() + 30
-    while _running(replicas) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for_engines(replicas, busy=False)
     before = _generated(replicas)
     body = {**LONG, "max_tokens": 1000, "min_tokens": 1000, "stream": stream}
     request_id = f"left-{stream}"
     hang_up_after(tiny_stack, tiny_stack.api_key, body, 1.0, **{"x-request-id": request_id})
-    deadline = time.monotonic() + 5
-    while _running(replicas) > 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _running(replicas) == 0
+    wait_for_engines(replicas, busy=False, timeout_s=5)
+    assert engines_running(replicas) == 0
     time.sleep(0.5)
     generated = _generated(replicas) - before
     assert generated < 0.8 * 4 * 1000, "the engine kept generating for a client that had left"
